@@ -1,0 +1,87 @@
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from edge.config import SCHEMA, describe, load_config, validate
+from edge.errors import ConfigError
+
+
+def test_defaults_cover_every_option():
+    cfg = validate({})
+    for section, options in SCHEMA.items():
+        for key, opt in options.items():
+            assert getattr(getattr(cfg, section), key) == opt.default
+
+
+def test_values_are_applied_and_ints_widen_to_float(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("detector:\n  score_threshold: 0.7\n  tile_size: 320\nmatch:\n  threshold_wanted: 1\n")
+    cfg = load_config(p)
+    assert cfg.detector.score_threshold == 0.7
+    assert cfg.detector.tile_size == 320
+    assert cfg.match.threshold_wanted == 1.0 and isinstance(cfg.match.threshold_wanted, float)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"detectr": {}}, ["detectr", "unknown section"]),
+    ({"detector": {"score": 0.5}}, ["detector.score", "unknown option"]),
+    ({"detector": {"score_threshold": "high"}}, ["detector.score_threshold", "expected float"]),
+    ({"detector": {"score_threshold": 1.5}}, ["detector.score_threshold", "range"]),
+    ({"runtime": {"threads": True}}, ["runtime.threads", "expected int"]),
+    ({"runtime": {"threads": 2.5}}, ["runtime.threads", "expected int"]),
+    ({"detector": {"model": "yolo"}}, ["detector.model", "not one of"]),
+    ({"detector": {"roi": [0.5, 0.1, 0.2, 0.9]}}, ["detector.roi", "x0 < x1"]),
+    ({"detector": {"roi": [0, 0, 1]}}, ["detector.roi", "four numbers"]),
+    ({"quality": {"min_sharpness": float("nan")}}, ["quality.min_sharpness", "finite"]),
+    ({"detector": ["a"]}, ["detector", "mapping"]),
+    ([1, 2], ["<root>", "mapping"]),
+])
+def test_bad_values_name_the_key_and_reason(data, words):
+    with pytest.raises(ConfigError) as err:
+        validate(data)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_file_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detector: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError):
+        load_config(binary)
+
+
+def test_config_is_read_only():
+    cfg = validate({})
+    with pytest.raises(AttributeError):
+        cfg.detector.score_threshold = 0.1
+
+
+def test_describe_lists_every_option():
+    text = describe()
+    for section, options in SCHEMA.items():
+        for key in options:
+            assert f"  {key}:" in text
+
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True),
+                         st.text(max_size=10))
+yaml_values = st.recursive(yaml_scalars, lambda c: st.one_of(st.lists(c, max_size=4),
+                                                              st.dictionaries(st.text(max_size=8), c, max_size=4)),
+                           max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(list(SCHEMA) + ["x"]),
+                       st.one_of(yaml_values, st.dictionaries(
+                           st.sampled_from([k for o in SCHEMA.values() for k in o] + ["zz"]), yaml_values,
+                           max_size=4)), max_size=4))
+def test_fuzzed_configs_give_config_or_clear_error(data):
+    try:
+        validate(data)
+    except ConfigError as exc:
+        assert ":" in str(exc)
