@@ -1,0 +1,142 @@
+"""``edge-lfr``: the one command-line entry point.
+
+Exit codes: 0 success; 1 unexpected failure; 2 bad command-line usage; 65 bad input data
+(image, watchlist, dataset); 69 model missing or altered; 78 bad configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import EdgeError
+
+EPILOG = """\
+examples:
+  edge-lfr demo                               recognise public-domain faces against a small watchlist
+  edge-lfr eval lfw --images ../shared/faces/lfw-dev --pairs ../shared/faces/lfw-dev/pairs.txt \\
+                    --out report.json --plot det.png --reference dlib
+  edge-lfr bench                              latency of detect, embed and match (dlib as reference)
+  edge-lfr models                             verify every model against its manifest sha256
+  edge-lfr config                             every configuration option with its default and range
+
+exit codes: 0 ok, 1 failure, 2 usage, 65 bad input data, 69 model missing/altered, 78 bad config
+"""
+
+
+def _cmd_config(args) -> int:
+    from .config import describe, load_config
+    if args.check:
+        cfg = load_config(args.check)
+        print(json.dumps(cfg.as_dict(), indent=2))
+        return 0
+    print(describe())
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .runtime import find_models_dir, load_manifest, open_model
+    directory = find_models_dir(args.models_dir)
+    manifest = load_manifest(directory)
+    print(f"models folder: {directory}")
+    for name, entry in sorted(manifest["models"].items()):
+        m = open_model(name, directory, threads=1)
+        ins = ", ".join(f"{d['dtype'].__name__}{[int(v) for v in d['shape']]}" for d in m.inputs)
+        outs = ", ".join(f"{d['dtype'].__name__}{[int(v) for v in d['shape']]}" for d in m.outputs)
+        print(f"  {name:24s} ok  sha256 {m.sha256[:16]}…  {entry.get('precision', '?'):22s} "
+              f"in {ins} out {outs}  on {m.delegate} [{m.backend}]  licence {entry.get('licence', '?')}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args)
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import run_eval_lfw
+    return run_eval_lfw(args)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-lfr", description="On-device live facial recognition for a standalone van unit: "
+        "quantized detection and embedding, signed watchlists, match-only alerts.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edge-lfr {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="recognise public-domain faces against a small demo watchlist",
+                       description="Enrol a small watchlist, compose a scene with listed and unlisted "
+                       "faces, run detection -> alignment -> quality -> int8 embedding -> matching, "
+                       "and print the alerts. Uses matplotlib's and scikit-image's public-domain "
+                       "faces, plus ../shared/faces when present.")
+    s.add_argument("--config", help="YAML configuration file (see `edge-lfr config`)")
+    s.add_argument("--out", default="demo-out", help="folder for the annotated scene image (default: %(default)s)")
+    s.add_argument("--faces", default=None, help="folder of shared faces (default: ../shared/faces if present)")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("eval", help="measure accuracy on a labelled face dataset")
+    esub = s.add_subparsers(dest="dataset", metavar="DATASET")
+    e = esub.add_parser("lfw", help="LFW-layout folder: pair verification and open-set identification",
+                        description="Runs the on-device pipeline on DIR/<Name>/<Name>_NNNN.jpg, scores "
+                        "the View-2 pairs with cross-validated thresholds, and open-set identification "
+                        "(watchlist = first image of each identity with >= 2 images; mated probes = their "
+                        "other images; non-mated probes = identities with one image).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--images", required=True, help="LFW-layout image folder")
+    e.add_argument("--pairs", required=True, help="pairs file in LFW View-2 format (header: <folds> <pairs-per-class>)")
+    e.add_argument("--out", required=True, help="JSON report to write")
+    e.add_argument("--plot", help="PNG file for the DET curves (FNIR vs FPIR)")
+    e.add_argument("--reference", choices=["dlib"], help="also run dlib's own float pipeline in the same run")
+    e.add_argument("--config", help="YAML configuration file")
+    e.add_argument("--limit", type=int, default=0, help="use only the first N identities (0 = all); for quick checks")
+    e.add_argument("--seed", type=int, default=0, help="seed for sampling watchlists smaller than 'all'")
+    e.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("bench", help="latency of detect, embed and match, with dlib as the reference",
+                       description="Median and p95 latencies of each stage on real faces; dlib's "
+                       "descriptor is timed in the same run as the ratio reference when dlib-bin is installed.")
+    s.add_argument("--config", help="YAML configuration file")
+    s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
+    s.add_argument("--out", help="also write the figures as JSON here")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")
+    s.add_argument("--models-dir", default=None, help="folder with manifest.json (default: the installed models)")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("config", help="print every configuration option, or validate a file")
+    s.add_argument("--check", metavar="FILE", help="validate FILE and print the effective configuration")
+    s.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as exc:
+        print(f"edge-lfr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edge-lfr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
