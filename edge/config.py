@@ -39,14 +39,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "score_threshold": Option(0.5, float, "minimum detector confidence for a face", 0.05, 0.99),
         "nms_iou": Option(0.3, float, "boxes overlapping more than this IoU are merged (weighted NMS)", 0.05, 0.95),
         "max_faces": Option(64, int, "at most this many faces per frame, highest score first", 1, 1000),
-        "tile_size": Option(0, int, "square tile side in frame pixels for small faces in big frames; 0 = whole frame only", 0, 4096),
+        "tile_size": Option(512, int, "square tile side in frame pixels for small faces in big frames; 0 = whole frame only", 0, 4096),
         "tile_overlap": Option(0.25, float, "fraction of a tile shared with its neighbour", 0.0, 0.5),
         "roi": Option([], list, "region of interest [x0, y0, x1, y1] as fractions of the frame; [] = whole frame"),
     },
     "quality": {
         "min_interocular_px": Option(14.0, float, "eye-centre distance below which a face is too small", 0.0, 1000.0),
-        "min_sharpness": Option(15.0, float, "variance of the Laplacian of the grey chip below which a face is blurred", 0.0, 10000.0),
-        "max_abs_yaw_deg": Option(45.0, float, "estimated head yaw beyond which a face is a profile", 0.0, 90.0),
+        "min_sharpness": Option(6.0, float, "variance of the Laplacian of the grey chip below which a face is blurred", 0.0, 10000.0),
+        "max_abs_yaw_deg": Option(55.0, float, "estimated head yaw beyond which a face is a profile", 0.0, 90.0),
     },
     "match": {
         "threshold_wanted": Option(0.80, float, "cosine score at or above which a 'wanted' entry alerts", -1.0, 1.0),

@@ -43,9 +43,11 @@ def _interpreter_api():
 def find_models_dir(configured: str | os.PathLike | None = None) -> Path:
     """The folder holding manifest.json: the configured one, $EDGE_LFR_MODELS, the source
     tree's models/, or the installed share/edge-lfr/models, first that exists."""
+    if configured:  # an explicit choice is authoritative: no silent fallback elsewhere
+        if (Path(configured) / "manifest.json").is_file():
+            return Path(configured)
+        raise ModelError(f"{configured}: no manifest.json in the configured models folder")
     candidates = []
-    if configured:
-        candidates.append(Path(configured))
     if os.environ.get("EDGE_LFR_MODELS"):
         candidates.append(Path(os.environ["EDGE_LFR_MODELS"]))
     candidates.append(Path(__file__).resolve().parent.parent / "models")
@@ -53,8 +55,6 @@ def find_models_dir(configured: str | os.PathLike | None = None) -> Path:
     for c in candidates:
         if (c / "manifest.json").is_file():
             return c
-    if configured:
-        raise ModelError(f"{configured}: no manifest.json in the configured models folder")
     raise ModelError("no models folder with manifest.json found (looked in: "
                      + ", ".join(str(c) for c in candidates) + ")")
 
