@@ -33,6 +33,7 @@ case "$what" in
     exec "$VENV/bin/edge-lfr" demo "$@"
     ;;
   test)
+    need_apt mosquitto openssl
     setup_venv "test,reference"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

@@ -1,10 +1,11 @@
 """Face alignment: warp a detected face into the 150x150 chip the embedder was trained on.
 
 dlib's ResNet was trained on chips made by ``get_face_chip(size=150, padding=0.25)`` from
-a 5-point landmark fit. We reproduce that geometry from BlazeFace keypoints: the template
-(where each keypoint lands in dlib's chip, on average) was fitted on real faces by
-``models/fit_alignment.py`` and is stored in the model manifest with the keypoints chosen
-by measured accuracy. A least-squares similarity transform maps the keypoints onto it.
+a 5-point landmark fit. We reproduce that geometry from landmark points (face-mesh eye
+corners and nose base, or BlazeFace's coarser keypoints): the template (where each point
+lands in dlib's chip, on average) was fitted on real faces by ``models/fit_alignment.py``
+and is stored in the model manifest with the point set chosen by measured accuracy. A
+least-squares similarity transform maps the points onto it.
 """
 from __future__ import annotations
 
@@ -42,33 +43,44 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 class Aligner:
-    """Makes 150x150 RGB uint8 chips from a frame and a :class:`Detection`.
+    """Makes 150x150 RGB uint8 chips from a frame and landmark points.
 
-    template: (K, 2) chip coordinates for keypoint indices ``keypoints`` (BlazeFace order).
+    template: (K, 2) chip coordinates where the K alignment points should land.
+    source: "detector" (points = BlazeFace keypoints ``indices``) or "mesh" (points from
+    :class:`edge.landmarks.LandmarkRefiner`, face-mesh ``indices``).
     """
 
-    def __init__(self, template, keypoints, size: int = CHIP_SIZE):
+    def __init__(self, template, indices, source: str = "detector", size: int = CHIP_SIZE):
         self.template = np.asarray(template, np.float64)
-        self.keypoints = list(keypoints)
+        self.indices = list(indices)
+        self.source = source
         self.size = size
-        if self.template.shape != (len(self.keypoints), 2):
+        if source not in ("detector", "mesh"):
+            raise ValueError(f"unknown alignment source {source!r}")
+        if self.template.shape != (len(self.indices), 2):
             raise ValueError(f"alignment template shape {self.template.shape} does not match "
-                             f"{len(self.keypoints)} keypoints")
+                             f"{len(self.indices)} points")
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Aligner":
         spec = manifest.get("alignment")
         if not isinstance(spec, dict):
             raise ValueError("model manifest has no 'alignment' section; rebuild with models/build.py")
-        return cls(spec["template"], spec["keypoints"], int(spec.get("chip_size", CHIP_SIZE)))
+        return cls(spec["template"], spec["points"], spec.get("source", "detector"),
+                   int(spec.get("chip_size", CHIP_SIZE)))
 
-    def transform(self, detection: Detection) -> np.ndarray:
-        """2x3 matrix mapping frame pixels to chip pixels for this detection."""
-        return similarity_transform(detection.keypoints[self.keypoints], self.template)
+    def transform(self, points: np.ndarray) -> np.ndarray:
+        """2x3 matrix mapping frame pixels to chip pixels, from the (K, 2) alignment points."""
+        return similarity_transform(points, self.template)
 
-    def chip(self, frame: np.ndarray, detection: Detection) -> np.ndarray:
-        """The aligned (size, size, 3) uint8 chip; border pixels outside the frame are black."""
-        m = self.transform(detection)
+    def detector_points(self, detection: Detection) -> np.ndarray:
+        return detection.keypoints[self.indices]
+
+    def chip(self, frame: np.ndarray, detection: Detection, points: np.ndarray | None = None) -> np.ndarray:
+        """The aligned (size, size, 3) uint8 chip; border pixels outside the frame are black.
+
+        ``points``: the (K, 2) alignment points; by default the detection's own keypoints."""
+        m = self.transform(self.detector_points(detection) if points is None else points)
         scale = float(np.hypot(m[0, 0], m[0, 1]))  # chip pixels per frame pixel
         if scale < 0.5:
             # shrink the neighbourhood first so the warp does not alias (dlib uses a pyramid too)
@@ -80,7 +92,6 @@ class Aligner:
             f = min(1.0, 2.0 * scale)
             small = cv2.resize(crop, (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f))),
                                interpolation=cv2.INTER_AREA)
-            # frame point p -> small point (p - c0) * f' ; compose with m
             fx, fy = small.shape[1] / crop.shape[1], small.shape[0] / crop.shape[0]
             to_small = np.array([[fx, 0, -cx0 * fx], [0, fy, -cy0 * fy], [0, 0, 1]])
             m = m @ np.linalg.inv(to_small)

@@ -19,18 +19,20 @@ from .detect import FaceDetector
 from .embed import Embedder
 from .errors import InputError
 from .images import check_frame
+from .landmarks import LandmarkRefiner
 from .quality import assess
 from .runtime import find_models_dir, load_manifest, open_model
 from .types import Face
 
 EMBEDDER_MODEL = "dlib_resnet_v1_int8"
+LANDMARK_MODEL = "face_landmark"
 
 
 class Recognizer:
     """Detection, alignment, quality gate and embedding on one set of loaded models.
 
     ``gated`` counts faces refused by the quality gate, by reason. ``stage_seconds`` sums the
-    wall time spent per stage (detect, align, quality, embed) since construction.
+    wall time spent per stage (detect, landmarks, align, quality, embed) since construction.
     """
 
     def __init__(self, config: Config | None = None, embedder_model: str = EMBEDDER_MODEL):
@@ -40,9 +42,16 @@ class Recognizer:
         self.manifest = load_manifest(models_dir)
         det_model = open_model(self.config.detector.model, models_dir, rt.threads, rt.prefer_edgetpu)
         emb_model = open_model(embedder_model, models_dir, rt.threads, rt.prefer_edgetpu)
-        self.detector = FaceDetector.from_config(det_model, self.config)
+        near = self.config.detector.near_model
+        near_model = open_model(near, models_dir, rt.threads, rt.prefer_edgetpu) if near else None
+        self.detector = FaceDetector.from_config(det_model, self.config, near_model)
         self.aligner = Aligner.from_manifest(self.manifest)
-        self.embedder = Embedder(emb_model)
+        self.refiner = None
+        if self.aligner.source == "mesh":
+            name = self.manifest["alignment"].get("landmark_model", LANDMARK_MODEL)
+            self.refiner = LandmarkRefiner(open_model(name, models_dir, rt.threads, rt.prefer_edgetpu),
+                                           self.aligner.indices)
+        self.embedder = Embedder(emb_model, self.config.embed.mirror_average)
         self.model_sha256 = emb_model.sha256
         self.gated: Counter[str] = Counter()
         self.stage_seconds: Counter[str] = Counter()
@@ -50,8 +59,25 @@ class Recognizer:
     @property
     def delegates(self) -> dict[str, str]:
         """Which delegate each model runs on ('cpu' or 'edgetpu') and why."""
-        return {m.name: f"{m.delegate} ({m.delegate_reason})"
-                for m in (self.detector.model, self.embedder.model)}
+        models = [self.detector.model, self.embedder.model]
+        if self.detector.near is not None:
+            models.append(self.detector.near.model)
+        if self.refiner is not None:
+            models.append(self.refiner.model)
+        return {m.name: f"{m.delegate} ({m.delegate_reason})" for m in models}
+
+    def alignment_points(self, frame: np.ndarray, det) -> np.ndarray:
+        """The (K, 2) frame-pixel points the aligner's template expects for this detection."""
+        if self.refiner is None:
+            return self.aligner.detector_points(det)
+        t0 = time.perf_counter()
+        points, _presence = self.refiner.points(frame, det)
+        self.stage_seconds["landmarks"] += time.perf_counter() - t0
+        return points
+
+    def chip(self, frame: np.ndarray, det) -> np.ndarray:
+        """The aligned 150x150 RGB uint8 chip of one detection."""
+        return self.aligner.chip(frame, det, self.alignment_points(frame, det))
 
     def faces(self, frame: np.ndarray, embed: bool = True) -> list[Face]:
         """Every face in ``frame``: detection, aligned chip, quality and, for faces that pass
@@ -64,7 +90,7 @@ class Recognizer:
         out = []
         for det in detections:
             t1 = time.perf_counter()
-            chip = self.aligner.chip(frame, det)
+            chip = self.chip(frame, det)
             t2 = time.perf_counter()
             quality = assess(det, chip, q.min_interocular_px, q.min_sharpness, q.max_abs_yaw_deg)
             t3 = time.perf_counter()

