@@ -19,6 +19,8 @@ examples:
   edge-lfr eval lfw --images ../shared/faces/lfw-dev --pairs ../shared/faces/lfw-dev/pairs.txt \\
                     --out report.json --plot det.png --reference dlib
   edge-lfr bench                              latency of detect, embed and match (dlib as reference)
+  edge-lfr bench alerts                       match -> outbox -> MQTT PUBACK latency on a loopback broker
+  edge-lfr alerts --config unit.yaml          print alerts as they arrive (technicians, test rigs)
   edge-lfr models                             verify every model against its manifest sha256
   edge-lfr config                             every configuration option with its default and range
 
@@ -61,6 +63,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.target == "alerts":
+        from .cli_alerts import run_alert_bench
+        return run_alert_bench(args)
     from .bench import run_bench
     return run_bench(args)
 
@@ -102,13 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed for sampling watchlists smaller than 'all'")
     e.set_defaults(func=_cmd_eval)
 
-    s = sub.add_parser("bench", help="latency of detect, embed and match, with dlib as the reference",
-                       description="Median and p95 latencies of each stage on real faces; dlib's "
-                       "descriptor is timed in the same run as the ratio reference when dlib-bin is installed.")
+    s = sub.add_parser("bench", help="latency of detect, embed and match (dlib as the reference), or of alerts",
+                       description="core (default): median and p95 latencies of each recognition stage on "
+                       "real faces; dlib's descriptor is timed in the same run as the ratio reference when "
+                       "dlib-bin is installed. alerts: match -> outbox -> MQTT PUBACK latency through a "
+                       "throwaway TLS mosquitto on loopback.")
+    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts"],
+                   help="what to measure (default: %(default)s)")
     s.add_argument("--config", help="YAML configuration file")
     s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
     s.add_argument("--out", help="also write the figures as JSON here")
+    from .cli_alerts import add_bench_arguments, add_commands as add_alert_commands
+    add_bench_arguments(s)
     s.set_defaults(func=_cmd_bench)
+
+    add_alert_commands(sub)
 
     s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")
     s.add_argument("--models-dir", default=None, help="folder with manifest.json (default: the installed models)")
