@@ -21,10 +21,15 @@ examples:
   edge-lfr bench                              latency of detect, embed and match (dlib as reference)
   edge-lfr bench alerts                       match -> outbox -> MQTT PUBACK latency on a loopback broker
   edge-lfr alerts --config unit.yaml          print alerts as they arrive (technicians, test rigs)
+  edge-lfr keys issuer --name hq --out keys/  make an issuer signing key (then: keys device, keys trust add)
+  edge-lfr watchlist build --images enrol/ --manifest list.csv --issuer-key keys/hq.issuer.key \
+                    --unit van-01.unit.yaml --operation-id OP-1 --authorising-officer REF --valid-until ...
+  edge-lfr watchlist load B.edgewl            verify a signed bundle on this unit and swap it in
   edge-lfr models                             verify every model against its manifest sha256
   edge-lfr config                             every configuration option with its default and range
 
-exit codes: 0 ok, 1 failure, 2 usage, 65 bad input data, 69 model missing/altered, 78 bad config
+exit codes: 0 ok, 1 failure, 2 usage, 65 bad input data, 66 key file missing, 69 model missing or
+altered, 74 unit state damaged, 75 bundle not valid yet, 77 refused by trust policy, 78 bad config
 """
 
 
@@ -122,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench)
 
     add_alert_commands(sub)
+    from .cli_watchlist import add_commands as add_watchlist_commands
+    add_watchlist_commands(sub)
 
     s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")
     s.add_argument("--models-dir", default=None, help="folder with manifest.json (default: the installed models)")
