@@ -1,0 +1,57 @@
+"""`edge-lfr bench`: every stage is measured and reported (no timing thresholds)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge.cli import main
+
+STAGES = ("detect", "align", "quality", "embed_int8", "embed_int8_single_pass", "embed_float32",
+          "match_top1_1000", "match_top1_10000", "match_top1_100000", "pipeline_one_face")
+
+
+def _models_or_skip():
+    from edge.errors import ModelError
+    from edge.runtime import find_models_dir, load_manifest
+    try:
+        manifest = load_manifest(find_models_dir())
+    except ModelError as exc:
+        pytest.skip(f"models not built: {exc}")
+    missing = {"blazeface_full_range", "dlib_resnet_v1_int8", "dlib_resnet_v1_float32"} - set(manifest["models"])
+    if missing or "alignment" not in manifest:
+        pytest.skip(f"models/manifest.json incomplete (missing {sorted(missing)} or alignment)")
+
+
+def test_bench_reports_every_stage(tmp_path, capsys):
+    _models_or_skip()
+    out = tmp_path / "sub" / "bench.json"
+    assert main(["bench", "--repeat", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    stages = report["stages"]
+    for key in STAGES:
+        s = stages[key]
+        assert s["n"] >= 1 and s["median_ms"] > 0 and s["p95_ms"] >= s["min_ms"] > 0, key
+    assert {"grace_hopper", "astronaut"} <= set(report["detect_per_image"])
+    assert report["detect_per_image"]["grace_hopper"]["faces"] >= 1
+    assert report["ratios"]["float32_over_int8"] > 0
+    assert 0.9 < report["agreement"]["cosine_int8_vs_float32"] <= 1.0 + 1e-6
+    assert len(report["model_sha256"]) == 64
+    if report["alignment_source"] == "mesh":
+        assert stages["landmarks"]["median_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "embed int8" in printed and "match top-1, N=100,000" in printed
+    try:
+        import dlib  # noqa: F401
+        import face_recognition_models  # noqa: F401
+    except ImportError:
+        assert "dlib not installed" in printed
+        return
+    assert stages["dlib_descriptor"]["median_ms"] > 0 and stages["dlib_hog_detect"]["median_ms"] > 0
+    assert report["ratios"]["dlib_over_int8"] > 0 and report["ratios"]["dlib_over_int8_as_configured"] > 0
+    assert report["repeat_dlib"] >= 1
+
+
+def test_bench_refuses_bad_repeat(capsys):
+    assert main(["bench", "--repeat", "0"]) == 65
+    assert "--repeat" in capsys.readouterr().err
