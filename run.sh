@@ -33,7 +33,8 @@ case "$what" in
     exec "$VENV/bin/edge-lfr" demo "$@"
     ;;
   test)
-    need_apt mosquitto openssl
+    # systemd: systemd-analyze (tests/test_systemd_unit.py); passwd: useradd (tests/test_provision.py)
+    need_apt mosquitto openssl systemd passwd
     setup_venv "test,reference"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

@@ -1,0 +1,479 @@
+#!/usr/bin/env bash
+# Turn a fresh Raspberry Pi OS (Bookworm, 64-bit) into an edge-lfr unit, in one idempotent
+# command: service user and folders, the package and models in a venv, the hardened systemd
+# unit with its broker drop-in, the Coral udev rule, the device key pair, the MQTT client key
+# and certificate request, and the configuration. Re-running changes nothing that is already
+# right and never replaces the device key, the MQTT key or the configuration.
+# See docs/service.md. Run as root: sudo deploy/provision.sh --unit-id van-07 --broker 127.0.0.1
+set -euo pipefail
+umask 022
+
+usage() {
+  cat <<'USAGE'
+usage: sudo deploy/provision.sh --unit-id ID --broker HOST[:PORT] [options]
+
+Turns this Raspberry Pi OS (Bookworm, 64-bit) into an edge-lfr unit. Idempotent: run it again
+(with the same --unit-id and --broker) to repair permissions, upgrade the package, or install
+the MQTT certificates; existing keys and /etc/edge-lfr/unit.yaml are never overwritten.
+
+required:
+  --unit-id ID             the unit's id: 1-64 letters, digits, '-' or '_' (e.g. van-07); it is
+                           also the CN of the unit's MQTT certificate, i.e. its MQTT user name
+  --broker HOST[:PORT]     the MQTT broker: an IPv4 address, [IPv6] address or "localhost";
+                           port 8883 unless given. The service may connect to no other address
+                           (IPAddressDeny=any), not even a DNS server, hence no host names: use
+                           the van-local broker (127.0.0.1) or issue the broker's certificate
+                           for its IP address (make-certs.sh server broker 192.0.2.10).
+
+options:
+  --wheel-or-src PATH      edge-lfr wheel or source checkout to install (default: this checkout)
+  --models DIR             models folder with manifest.json (default: this checkout's models/)
+  --ca FILE                install the MQTT CA certificate as /etc/edge-lfr/mqtt/ca.crt
+  --unit-cert FILE         install the unit's signed MQTT certificate as /etc/edge-lfr/mqtt/unit.crt
+                           (checked: CN = unit id, key = /etc/edge-lfr/mqtt/unit.key, CA)
+  --root DIR               provision the tree under DIR instead of / (image preparation, tests);
+                           users are then added to DIR/etc/passwd; needs --no-install
+  --no-install             test mode: no apt, no venv or pip, no systemctl or udevadm on the
+                           running system (with --root, the unit is still enabled inside DIR)
+  --python PATH            Python that runs edge-lfr for key generation and config checks
+                           (default: /opt/edge-lfr/venv/bin/python; with --no-install: python3,
+                           with --wheel-or-src on PYTHONPATH when it is a checkout)
+  -h, --help               this text
+
+At the end it prints the unit id, the device public key to register with the back office and
+the MQTT certificate request (CSR) to have signed.
+USAGE
+}
+
+PROG=provision.sh
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+usage_error() { printf '%s: %s\n(run "%s --help" for the options)\n' "$PROG" "$*" "$0" >&2; exit 2; }
+say() { printf '%s\n' "$*"; }
+ACTIONS=0
+did() { ACTIONS=$((ACTIONS + 1)); say "  $*"; }  # report one change made to the system
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+CHECKOUT="$(dirname "$HERE")"
+
+ROOT=/
+UNIT_ID=
+BROKER=
+SRC="$CHECKOUT"
+MODELS_SRC="$CHECKOUT/models"
+CA_IN=
+CERT_IN=
+INSTALL=1
+PYTHON=
+
+while [ $# -gt 0 ]; do
+  opt="$1"
+  case "$opt" in
+    -h|--help) usage; exit 0 ;;
+    --no-install) INSTALL=0; shift; continue ;;
+    --*=*) val="${opt#*=}"; opt="${opt%%=*}"; shift ;;
+    --root|--unit-id|--broker|--wheel-or-src|--models|--ca|--unit-cert|--python)
+      [ $# -ge 2 ] || usage_error "$opt needs a value"
+      val="$2"; shift 2 ;;
+    *) usage_error "unknown argument: $opt" ;;
+  esac
+  case "$opt" in
+    --root) ROOT="$val" ;;
+    --unit-id) UNIT_ID="$val" ;;
+    --broker) BROKER="$val" ;;
+    --wheel-or-src) SRC="$val" ;;
+    --models) MODELS_SRC="$val" ;;
+    --ca) CA_IN="$val" ;;
+    --unit-cert) CERT_IN="$val" ;;
+    --python) PYTHON="$val" ;;
+    *) usage_error "unknown option: $opt" ;;
+  esac
+done
+
+# --- arguments -------------------------------------------------------------------------------
+[ -n "$UNIT_ID" ] || usage_error "missing --unit-id ID (1-64 letters, digits, '-' or '_')"
+[[ "$UNIT_ID" =~ ^[A-Za-z0-9_-]{1,64}$ ]] \
+  || usage_error "bad --unit-id '$UNIT_ID': use 1-64 letters, digits, '-' or '_'"
+[ -n "$BROKER" ] || usage_error "missing --broker HOST[:PORT] (an IP address or localhost)"
+
+command -v python3 >/dev/null || die "python3 not found (it is part of Raspberry Pi OS)"
+
+# Split HOST[:PORT]; IPv6 as [ADDR]:PORT or bare ADDR.
+BROKER_PORT=8883
+if [[ "$BROKER" =~ ^\[([^]]+)\](:([0-9]{1,5}))?$ ]]; then
+  BROKER_HOST="${BASH_REMATCH[1]}"; BROKER_PORT="${BASH_REMATCH[3]:-8883}"
+elif [[ "$BROKER" == *:*:* ]]; then
+  BROKER_HOST="$BROKER"
+elif [[ "$BROKER" =~ ^([^:]+):([0-9]{1,5})$ ]]; then
+  BROKER_HOST="${BASH_REMATCH[1]}"; BROKER_PORT="${BASH_REMATCH[2]}"
+elif [[ "$BROKER" =~ ^[^:]+$ ]]; then
+  BROKER_HOST="$BROKER"
+else
+  usage_error "bad --broker '$BROKER': expected HOST[:PORT], e.g. 127.0.0.1 or 192.0.2.10:8883 or [2001:db8::1]:8883"
+fi
+BROKER_PORT=$((10#$BROKER_PORT))
+[ "$BROKER_PORT" -ge 1 ] && [ "$BROKER_PORT" -le 65535 ] || usage_error "bad --broker port $BROKER_PORT: use 1-65535"
+if [ "$BROKER_HOST" = localhost ]; then
+  BROKER_ALLOW=localhost
+else
+  BROKER_HOST="$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]))' "$BROKER_HOST" 2>/dev/null)" \
+    || usage_error "bad --broker host '${BROKER%:*}': give an IP address or localhost (the service may not reach a DNS server; see --help)"
+  BROKER_ALLOW="$BROKER_HOST"
+fi
+
+[ -d "$ROOT" ] || usage_error "--root $ROOT: no such folder"
+ROOT="$(cd "$ROOT" && pwd -P)"
+P="${ROOT%/}"   # prefix for every path written: "" on a real system
+if [ "$INSTALL" = 1 ] && [ -n "$P" ]; then
+  usage_error "--root $ROOT needs --no-install (a venv works only at the path where it was made)"
+fi
+[ -e "$SRC" ] || usage_error "--wheel-or-src $SRC: not found"
+SRC="$(cd "$(dirname "$SRC")" && pwd -P)/$(basename "$SRC")"
+[ -f "$MODELS_SRC/manifest.json" ] || usage_error "--models $MODELS_SRC: no manifest.json there"
+[ -z "$CA_IN" ] || [ -f "$CA_IN" ] || usage_error "--ca $CA_IN: not found"
+[ -z "$CERT_IN" ] || [ -f "$CERT_IN" ] || usage_error "--unit-cert $CERT_IN: not found"
+
+[ "$(id -u)" = 0 ] || die "run as root (sudo): it creates a system user and root-owned files"
+for tool in openssl useradd groupadd cmp flock; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install openssl passwd diffutils util-linux)"
+done
+
+# --- paths (as seen by the running unit; written under $P) ----------------------------------
+SVC=edge-lfr
+ETC=/etc/edge-lfr
+MQTT_DIR=$ETC/mqtt
+STATE=/var/lib/edge-lfr
+OPT=/opt/edge-lfr
+VENV=$OPT/venv
+MODELS=$OPT/models
+UNIT_FILE=/etc/systemd/system/edge-lfr.service
+DROPIN_DIR=/etc/systemd/system/edge-lfr.service.d
+UDEV_RULE=/etc/udev/rules.d/70-edge-lfr.rules
+CONFIG=$ETC/unit.yaml
+DEVICE_KEY=$ETC/device.key
+REGISTRATION=$ETC/$UNIT_ID.unit.yaml
+MQTT_KEY=$MQTT_DIR/unit.key
+MQTT_CSR=$MQTT_DIR/unit.csr
+
+TMPS=()
+cleanup() { local t; for t in ${TMPS[@]+"${TMPS[@]}"}; do rm -rf -- "$t"; done; }
+trap cleanup EXIT
+newtmp() {  # newtmp DIR: TMP = a private scratch folder inside DIR (same file system: mv is atomic)
+  TMP="$(mktemp -d "$1/.provision.XXXXXX")"; TMPS+=("$TMP")
+}
+
+# set_attr PATH MODE UID GID [quiet]: owner and mode, touched only when they differ
+set_attr() {
+  local cur; cur="$(stat -c '%a %u %g' -- "$1")"
+  [ "$cur" = "$(printf '%o %s %s' "$((8#$2))" "$3" "$4")" ] && return 0
+  chown -h "$3:$4" -- "$1"
+  chmod "$2" -- "$1"
+  [ -n "${5:-}" ] || [[ "$1" == */.provision.* ]] || did "repaired owner/mode of ${1#"$P"} ($3:$4 $2)"
+}
+
+# ensure_dir PATH MODE UID GID: one of our folders (created, owner and mode enforced)
+ensure_dir() {
+  local d="$P$1"
+  [ ! -L "$d" ] || die "$d is a symbolic link; refusing to use it"
+  if [ ! -d "$d" ]; then
+    mkdir -p -- "$(dirname "$d")"
+    mkdir -- "$d"
+    set_attr "$d" "$2" "$3" "$4" quiet
+    did "created $1/"
+  fi
+  set_attr "$d" "$2" "$3" "$4"
+}
+
+# sys_dir PATH: a system folder we put files in (created 0755 root if missing, else untouched)
+sys_dir() { [ -d "$P$1" ] || { mkdir -p -- "$P$1"; did "created $1/"; }; }
+
+# put_file SRC DEST MODE UID GID: install a copy of SRC unless DEST already has that content
+CHANGED=()
+put_file() {
+  local src="$1" dest="$P$2" tmp
+  [ ! -L "$dest" ] || die "$dest is a symbolic link; refusing to replace it"
+  if [ -f "$dest" ] && cmp -s -- "$src" "$dest"; then
+    set_attr "$dest" "$3" "$4" "$5"
+    return 0
+  fi
+  newtmp "$(dirname "$dest")"; tmp="$TMP"
+  cp -- "$src" "$tmp/f"
+  set_attr "$tmp/f" "$3" "$4" "$5"
+  if [ -e "$dest" ]; then did "updated $2"; else did "created $2"; fi
+  mv -f -- "$tmp/f" "$dest"
+  CHANGED+=("$2")
+}
+
+# put_text DEST MODE UID GID TEXT
+put_text() {
+  local t; newtmp "$(dirname "$P$1")"; t="$TMP"
+  printf '%s' "$5" > "$t/text"
+  put_file "$t/text" "$1" "$2" "$3" "$4"
+}
+
+changed() { local c; for c in ${CHANGED[@]+"${CHANGED[@]}"}; do [ "$c" = "$1" ] && return 0; done; return 1; }
+
+say "edge-lfr provisioning of unit $UNIT_ID${P:+ under $ROOT}"
+
+# One run per root at a time (a lock on the root folder itself: no lock file is left behind);
+# then scratch folders left by a killed run can be removed safely.
+exec 9<"$ROOT"
+flock -w 60 9 || die "another provision.sh is working on $ROOT"
+for d in "$P/etc/edge-lfr" "$P/etc/edge-lfr/mqtt" "$P/opt/edge-lfr/models" "$P/opt/edge-lfr/docs" "$P/etc/systemd/system" \
+         "$P/etc/systemd/system/edge-lfr.service.d" "$P/etc/udev/rules.d"; do
+  for t in "$d"/.provision.??????; do [ ! -d "$t" ] || [ -L "$t" ] || rm -rf -- "$t"; done
+done
+
+# A unit is provisioned once under one id: refuse another id before changing anything.
+for f in "$P$REGISTRATION" "$P$ETC"/*.unit.yaml; do
+  [ -e "$f" ] || continue
+  [ "$f" = "$P$REGISTRATION" ] && break
+  other="$(basename "$f" .unit.yaml)"
+  die "this unit was provisioned as '$other' ($ETC/$other.unit.yaml), not '$UNIT_ID'; its keys and configuration are never replaced"
+done
+
+# --- 1. packages and venv (real system only) --------------------------------------------------
+if [ "$INSTALL" = 1 ]; then
+  missing=()
+  # python3-picamera2 (and libcamera's Python bindings) are not on PyPI: the venv sees them
+  # through --system-site-packages.
+  for pkg in python3-venv python3-picamera2 openssl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    did "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# --- 2. the service user and group ------------------------------------------------------------
+# With --root the accounts go into ROOT/etc/{passwd,group,shadow,gshadow} only (--prefix: no
+# chroot, the host's own accounts are never touched).
+PREFIX_ARGS=()
+[ -z "$P" ] || PREFIX_ARGS=(--prefix "$ROOT")
+for f in passwd group; do [ -f "$P/etc/$f" ] || die "$P/etc/$f not found"; done
+if ! grep -q "^$SVC:" "$P/etc/group"; then
+  groupadd --system ${PREFIX_ARGS[@]+"${PREFIX_ARGS[@]}"} "$SVC"
+  did "created group $SVC"
+fi
+if ! grep -q "^$SVC:" "$P/etc/passwd"; then
+  useradd --system --gid "$SVC" --home-dir "$STATE" --no-create-home --shell /usr/sbin/nologin \
+    --comment "edge-lfr service" ${PREFIX_ARGS[@]+"${PREFIX_ARGS[@]}"} "$SVC"
+  did "created user $SVC (system, no login shell, home $STATE)"
+fi
+SVC_UID="$(awk -F: -v n="$SVC" '$1 == n { print $3 }' "$P/etc/passwd")"
+SVC_GID="$(awk -F: -v n="$SVC" '$1 == n { print $3 }' "$P/etc/group")"
+[[ "$SVC_UID" =~ ^[0-9]+$ && "$SVC_GID" =~ ^[0-9]+$ ]] || die "cannot find user/group $SVC in $P/etc/passwd, $P/etc/group"
+[ "$SVC_UID" != 0 ] || die "user $SVC has uid 0; refusing to run a service as root"
+
+# --- 3. folders ---------------------------------------------------------------------------------
+ensure_dir "$ETC" 0750 0 "$SVC_GID"
+ensure_dir "$MQTT_DIR" 0750 0 "$SVC_GID"
+ensure_dir "$STATE" 0700 "$SVC_UID" "$SVC_GID"
+ensure_dir "$OPT" 0755 0 0
+ensure_dir "$MODELS" 0755 0 0
+ensure_dir "$OPT/docs" 0755 0 0
+sys_dir /etc/systemd/system
+sys_dir /etc/udev/rules.d
+ensure_dir "$DROPIN_DIR" 0755 0 0
+
+# --- 4. venv and package (real system only) -------------------------------------------------
+if [ "$INSTALL" = 1 ]; then
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv --system-site-packages "$VENV"
+    did "created venv $VENV"
+  fi
+  installed_code() { find "$VENV"/lib/python3*/site-packages/edge -type f -name '*.py' -print0 2>/dev/null \
+                       | sort -z | xargs -0r sha256sum | sha256sum; }
+  before="$(installed_code)"
+  did "pip install ${SRC}[pi] into $VENV"
+  # numpy<2: picamera2's compiled helpers from apt (simplejpeg) are built against Bookworm's
+  # numpy 1.x and fail to import next to numpy 2 in the venv.
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${SRC}[pi]" "numpy<2"
+  [ "$(installed_code)" = "$before" ] || CHANGED+=("$VENV")   # restart the service below
+  PYTHON="${PYTHON:-$VENV/bin/python}"
+else
+  PYTHON="${PYTHON:-python3}"
+  if [ -d "$SRC/edge" ]; then export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"; fi
+fi
+EDGE=("$PYTHON" -m edge.cli)
+"${EDGE[@]}" --version >/dev/null 2>&1 || die "edge-lfr cannot be run with $PYTHON (give --python PATH)"
+
+# --- 5. models -------------------------------------------------------------------------------------
+# The manifest and every file it names (models, Edge TPU builds, licence texts), root-owned and
+# read-only for the service; each checked against its sha256 after copying.
+model_list="$(python3 - "$MODELS_SRC/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1], encoding="utf-8"))
+names = {"manifest.json"}
+for entry in m.get("models", {}).values():
+    for key in ("file", "licence_file"):
+        if isinstance(entry.get(key), str):
+            names.add(entry[key])
+    if isinstance(entry.get("edgetpu"), dict) and isinstance(entry["edgetpu"].get("file"), str):
+        names.add(entry["edgetpu"]["file"])
+for n in sorted(names):
+    if "/" in n or n.startswith("."):
+        sys.exit(f"unsafe file name in manifest: {n!r}")
+    print(n)
+PY
+)" || die "cannot read the model list from $MODELS_SRC/manifest.json"
+mapfile -t model_files <<<"$model_list"
+[ ${#model_files[@]} -gt 1 ] || die "$MODELS_SRC/manifest.json names no model files"
+for f in "${model_files[@]}"; do
+  [ -f "$MODELS_SRC/$f" ] || die "$MODELS_SRC/$f (named in the manifest) not found"
+  put_file "$MODELS_SRC/$f" "$MODELS/$f" 0644 0 0
+done
+python3 - "$P$MODELS" <<'PY' || die "installed models do not match their manifest"
+import hashlib, json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+for name, entry in m["models"].items():
+    for e in (entry, entry.get("edgetpu") if isinstance(entry.get("edgetpu"), dict) else None):
+        if e and "file" in e and "sha256" in e:
+            if hashlib.sha256((d / e["file"]).read_bytes()).hexdigest() != e["sha256"]:
+                sys.exit(f"{d / e['file']}: sha256 differs from the manifest")
+PY
+
+if [ "$INSTALL" = 1 ]; then  # the venv and the models as the service will see them
+  runuser -u "$SVC" -- "$VENV/bin/edge-lfr" models --models-dir "$MODELS" >/dev/null \
+    || die "edge-lfr models failed as user $SVC: the venv or the models are not usable by the service"
+fi
+
+# --- 6. device key pair (never replaced) ------------------------------------------------------
+if [ -e "$P$DEVICE_KEY" ]; then
+  [ -e "$P$REGISTRATION" ] || say "  warning: $DEVICE_KEY exists but its registration $REGISTRATION does not"
+else
+  newtmp "$P$ETC"; t="$TMP"
+  "${EDGE[@]}" keys device --unit-id "$UNIT_ID" --out "$t" >"$t/log" 2>&1 \
+    || { cat "$t/log" >&2; die "edge-lfr keys device failed"; }
+  set_attr "$t/$UNIT_ID.unit.yaml" 0644 0 0
+  set_attr "$t/device.key" 0600 "$SVC_UID" "$SVC_GID"
+  mv -- "$t/$UNIT_ID.unit.yaml" "$P$REGISTRATION"
+  mv -- "$t/device.key" "$P$DEVICE_KEY"        # last: its presence means "done"
+  did "created $DEVICE_KEY (device key pair) and $REGISTRATION (its public key)"
+fi
+set_attr "$P$DEVICE_KEY" 0600 "$SVC_UID" "$SVC_GID"
+[ ! -e "$P$REGISTRATION" ] || set_attr "$P$REGISTRATION" 0644 0 0
+
+# --- 7. MQTT client key and certificate request (key never replaced) ----------------------------
+SUBJECT="/O=edge-lfr/OU=unit/CN=$UNIT_ID"   # as deploy/make-certs.sh issues unit certificates
+if [ ! -e "$P$MQTT_KEY" ]; then
+  newtmp "$P$MQTT_DIR"; t="$TMP"
+  (umask 077; openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$t/key" 2>"$t/log") \
+    || { cat "$t/log" >&2; die "openssl genpkey failed"; }
+  set_attr "$t/key" 0600 "$SVC_UID" "$SVC_GID"
+  mv -- "$t/key" "$P$MQTT_KEY"
+  did "created $MQTT_KEY (MQTT client key, EC P-256)"
+fi
+set_attr "$P$MQTT_KEY" 0600 "$SVC_UID" "$SVC_GID"
+key_pub="$(openssl pkey -in "$P$MQTT_KEY" -pubout 2>/dev/null)" || die "$MQTT_KEY is not a readable private key"
+if [ -e "$P$MQTT_CSR" ]; then
+  csr_pub="$(openssl req -in "$P$MQTT_CSR" -noout -pubkey 2>/dev/null)" || die "$MQTT_CSR is not a certificate request"
+  [ "$csr_pub" = "$key_pub" ] || die "$MQTT_CSR was not made from $MQTT_KEY; remove the CSR to make a new one"
+  csr_cn="$(openssl req -in "$P$MQTT_CSR" -noout -subject -nameopt RFC2253 | sed -n 's/.*CN=\([^,]*\).*/\1/p')"
+  [ "$csr_cn" = "$UNIT_ID" ] || die "$MQTT_CSR is for CN=$csr_cn, not $UNIT_ID"
+else
+  newtmp "$P$MQTT_DIR"; t="$TMP"
+  openssl req -new -key "$P$MQTT_KEY" -subj "$SUBJECT" -sha256 -out "$t/csr" 2>"$t/log" \
+    || { cat "$t/log" >&2; die "openssl req failed"; }
+  set_attr "$t/csr" 0644 0 0
+  mv -- "$t/csr" "$P$MQTT_CSR"
+  did "created $MQTT_CSR (certificate request, CN=$UNIT_ID)"
+fi
+set_attr "$P$MQTT_CSR" 0644 0 0
+
+# --- 8. configuration (written once; afterwards it must agree with the arguments) ---------------
+if [ ! -e "$P$CONFIG" ]; then
+  newtmp "$P$ETC"; t="$TMP"
+  sed -e "s|@UNIT_ID@|$UNIT_ID|g" -e "s|@BROKER_HOST@|$BROKER_HOST|g" -e "s|@BROKER_PORT@|$BROKER_PORT|g" \
+    "$HERE/provision/unit.yaml.in" > "$t/unit.yaml"
+  "${EDGE[@]}" config --check "$t/unit.yaml" >/dev/null 2>"$t/log" \
+    || { cat "$t/log" >&2; die "the generated configuration does not validate"; }
+  set_attr "$t/unit.yaml" 0640 0 "$SVC_GID"
+  mv -- "$t/unit.yaml" "$P$CONFIG"
+  did "created $CONFIG"
+fi
+set_attr "$P$CONFIG" 0640 0 "$SVC_GID"
+cfg_json="$("${EDGE[@]}" config --check "$P$CONFIG" 2>&1)" || die "$CONFIG does not validate: $cfg_json"
+read -r cfg_id cfg_host cfg_port < <(python3 -c '
+import ipaddress, json, sys
+c = json.loads(sys.stdin.read())
+host = c["mqtt"]["host"]
+try:
+    host = str(ipaddress.ip_address(host))
+except ValueError:
+    pass
+print(c["unit"]["id"] or "-", host, c["mqtt"]["port"])' <<<"$cfg_json")
+[ "$cfg_id" = "$UNIT_ID" ] || die "$CONFIG is for unit '$cfg_id', not '$UNIT_ID' (it is never overwritten)"
+if [ "$cfg_host" != "$BROKER_HOST" ] || [ "$cfg_port" != "$BROKER_PORT" ]; then
+  die "$CONFIG names broker $cfg_host:$cfg_port, not $BROKER_HOST:$BROKER_PORT; edit mqtt.host/mqtt.port there first, then re-run with the new --broker"
+fi
+
+# --- 9. MQTT certificates handed back by the back office (optional) -------------------------------
+if [ -n "$CA_IN" ]; then
+  openssl x509 -in "$CA_IN" -noout 2>/dev/null || die "--ca $CA_IN is not a PEM certificate"
+  put_file "$CA_IN" "$MQTT_DIR/ca.crt" 0644 0 0
+fi
+if [ -n "$CERT_IN" ]; then
+  cert_pub="$(openssl x509 -in "$CERT_IN" -noout -pubkey 2>/dev/null)" || die "--unit-cert $CERT_IN is not a PEM certificate"
+  [ "$cert_pub" = "$key_pub" ] || die "--unit-cert $CERT_IN does not belong to $MQTT_KEY (was it signed from $MQTT_CSR?)"
+  cert_cn="$(openssl x509 -in "$CERT_IN" -noout -subject -nameopt RFC2253 | sed -n 's/.*CN=\([^,]*\).*/\1/p')"
+  [ "$cert_cn" = "$UNIT_ID" ] || die "--unit-cert $CERT_IN has CN=$cert_cn; the MQTT user name must be the unit id $UNIT_ID"
+  if [ -f "$P$MQTT_DIR/ca.crt" ]; then
+    openssl verify -CAfile "$P$MQTT_DIR/ca.crt" "$CERT_IN" >/dev/null 2>&1 \
+      || die "--unit-cert $CERT_IN is not signed by $MQTT_DIR/ca.crt (or has expired)"
+  fi
+  put_file "$CERT_IN" "$MQTT_DIR/unit.crt" 0644 0 0
+fi
+
+# --- 10. systemd unit, broker drop-in, udev rule --------------------------------------------------
+put_file "$CHECKOUT/systemd/edge-lfr.service" "$UNIT_FILE" 0644 0 0
+put_file "$CHECKOUT/docs/service.md" "$OPT/docs/service.md" 0644 0 0   # the unit's Documentation=
+put_text "$DROPIN_DIR/broker.conf" 0644 0 0 "# Written by deploy/provision.sh from $CONFIG (mqtt.host $BROKER_HOST, port $BROKER_PORT).
+# The only address besides localhost that edge-lfr may exchange packets with (IPAddressDeny=any).
+[Service]
+IPAddressAllow=$BROKER_ALLOW
+"
+put_file "$HERE/provision/70-edge-lfr.rules" "$UDEV_RULE" 0644 0 0
+
+if [ -n "$P" ]; then
+  # An image being prepared: enable offline (the multi-user.target.wants symlink in ROOT).
+  if command -v systemctl >/dev/null; then
+    systemctl --root="$ROOT" --quiet enable "$SVC.service" 2>/dev/null || die "systemctl --root $ROOT enable failed"
+  else
+    say "  note: systemctl not found; the unit is installed but not enabled"
+  fi
+elif [ "$INSTALL" = 1 ] && [ -d /run/systemd/system ]; then
+  if changed "$UDEV_RULE"; then
+    udevadm control --reload-rules && udevadm trigger --action=add --subsystem-match=usb --subsystem-match=apex || true
+  fi
+  systemctl daemon-reload
+  systemctl --quiet enable "$SVC.service"
+  if [ -f "$MQTT_DIR/ca.crt" ] && [ -f "$MQTT_DIR/unit.crt" ]; then
+    if [ ${#CHANGED[@]} -gt 0 ]; then systemctl restart "$SVC.service"; else systemctl start "$SVC.service"; fi
+    say "  $SVC.service enabled and running (systemctl status $SVC)"
+  else
+    say "  $SVC.service enabled; it starts once the MQTT certificates are installed (--ca, --unit-cert)"
+  fi
+else
+  say "  systemctl skipped (--no-install or systemd not running)"
+fi
+
+# --- 11. what to send to the back office ------------------------------------------------------------
+[ "$ACTIONS" -gt 0 ] || say "  nothing to change: this unit is provisioned"
+say ""
+say "unit id: $UNIT_ID"
+if [ -f "$P$REGISTRATION" ]; then
+  say "device public key to register with the back office ($REGISTRATION):"
+  sed 's/^/    /' "$P$REGISTRATION"
+fi
+say "MQTT certificate request to have signed (CN=$UNIT_ID): $MQTT_CSR"
+sed 's/^/    /' "$P$MQTT_CSR"
+missing=()
+[ -f "$P$MQTT_DIR/ca.crt" ] || missing+=("--ca ca.crt")
+[ -f "$P$MQTT_DIR/unit.crt" ] || missing+=("--unit-cert $UNIT_ID.crt")
+if [ ${#missing[@]} -gt 0 ]; then
+  say "then re-run this command with ${missing[*]} to install the certificates"
+fi
+[ -f "$P$ETC/trust.yaml" ] || say "trust file $ETC/trust.yaml not yet present: add the issuer key (docs/service.md)"
