@@ -29,13 +29,17 @@ setup_venv() {  # $1: pip extras
 
 case "$what" in
   demo)
+    need_apt mosquitto openssl   # the demo's throwaway TLS broker on 127.0.0.1 and its certificates
     setup_venv demo
     exec "$VENV/bin/edge-lfr" demo "$@"
     ;;
   test)
     # systemd: systemd-analyze (tests/test_systemd_unit.py); passwd: useradd (tests/test_provision.py)
-    need_apt mosquitto openssl systemd passwd
+    # chromium, nodejs/npm: the officers' handheld page, built here and tested end to end (tests/test_handheld.py)
+    need_apt mosquitto openssl systemd passwd chromium
+    command -v npm >/dev/null || need_apt nodejs npm
     setup_venv "test,reference"
+    (cd handheld && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

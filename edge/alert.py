@@ -1,13 +1,17 @@
 """The messages a unit exchanges over MQTT: versioned schemas, the alert builder, strict checks.
 
-Only three kinds of message ever leave a unit (see ``docs/alerts.md``):
+Only four kinds of message ever leave a unit (see ``docs/alerts.md``):
 
 * an **alert** (``lfr/<unit>/alert``): one match event, :data:`ALERT_SCHEMA`;
 * its **status** (``lfr/<unit>/status``): the plain strings ``online`` / ``offline``;
-* its **health** (``lfr/<unit>/health``): :data:`HEALTH_SCHEMA`.
+* its **health** (``lfr/<unit>/health``): :data:`HEALTH_SCHEMA`;
+* the **acknowledgement** of an adjudication (``lfr/<unit>/adjudication/ack``):
+  :data:`ADJUDICATION_ACK_SCHEMA`, what the unit recorded (``docs/handheld.md``).
 
 One kind arrives: an officer's **adjudication** of an alert (``lfr/<unit>/adjudication``),
-:data:`ADJUDICATION_SCHEMA`, checked strictly by :func:`parse_adjudication`.
+:data:`ADJUDICATION_SCHEMA` (version 1: certificate handhelds and tools) or
+:data:`ADJUDICATION_SCHEMA_V2` (version 2: the handheld web page), checked strictly by
+:func:`parse_adjudication`.
 
 The schemas are JSON Schema (2020-12) documents kept here as Python dicts, so an installed
 package carries them; ``docs/*.schema.json`` are the same documents (a test keeps them equal)
@@ -42,6 +46,11 @@ IMAGE_MAX_SIDE = 256
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
 ADJUDICATION_DECISIONS = ("confirmed", "rejected")
+#: Outcomes of an adjudication, version 2: the officer confirmed the match, judged it not to be
+#: the subject, or could not find the person to check.
+ADJUDICATION_OUTCOMES = ("confirmed", "rejected", "not_located")
+ADJUDICATION_V2 = 2
+ACK_SCHEMA_VERSION = 1
 
 
 class AlertError(EdgeError, ValueError):
@@ -139,6 +148,57 @@ ADJUDICATION_SCHEMA: dict[str, Any] = {
     },
 }
 
+ADJUDICATION_SCHEMA_V2: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:edge-lfr:schema:adjudication:2",
+    "title": "edge-lfr adjudication, schema version 2",
+    "description": "An officer's decision on one alert, published by the handheld web page on "
+                   "<prefix>/<unit>/adjudication (QoS 1). The unit accepts it only for an event id in its "
+                   "outbox, records the first adjudication of an event and acknowledges every one on "
+                   "<prefix>/<unit>/adjudication/ack.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema_version", "event_id", "outcome", "officer_id", "decided_at"],
+    "properties": {
+        "schema_version": {"const": ADJUDICATION_V2},
+        "event_id": {"type": "string", "format": "uuid", "pattern": _UUID,
+                     "description": "event_id of the alert decided on"},
+        "outcome": {"enum": list(ADJUDICATION_OUTCOMES),
+                    "description": "confirmed: the officer judges the person to be the subject; rejected: "
+                                   "not the subject; not_located: the officer could not find the person"},
+        "officer_id": {"type": "string", "pattern": _ID,
+                       "description": "the deciding officer (the broker user name the page logged in with)"},
+        "decided_at": _ts("UTC time of the decision (ISO 8601, Z)"),
+    },
+}
+
+ADJUDICATION_ACK_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:edge-lfr:schema:adjudication-ack:1",
+    "title": "edge-lfr adjudication acknowledgement, schema version 1",
+    "description": "What a unit recorded for an alert, published on <prefix>/<unit>/adjudication/ack (QoS 1, "
+                   "not retained) for every valid adjudication it receives. The first adjudication of an "
+                   "event is recorded; a later one is answered with the recorded one and duplicate true.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema_version", "unit_id", "event_id", "outcome", "officer_id", "decided_at",
+                 "recorded_at", "duplicate"],
+    "properties": {
+        "schema_version": {"const": ACK_SCHEMA_VERSION},
+        "unit_id": {"type": "string", "pattern": _ID, "description": "the unit that recorded it"},
+        "event_id": {"type": "string", "format": "uuid", "pattern": _UUID,
+                     "description": "event_id of the alert"},
+        "outcome": {"enum": list(ADJUDICATION_OUTCOMES), "description": "the recorded outcome"},
+        "officer_id": {"type": "string", "pattern": _ID,
+                       "description": "who made the recorded decision (officer, or handheld for version 1)"},
+        "decided_at": _ts("UTC time of the recorded decision, as the deciding handheld sent it"),
+        "recorded_at": _ts("UTC time the unit recorded it"),
+        "duplicate": {"type": "boolean",
+                      "description": "true when this event had been adjudicated already: the adjudication "
+                                     "answered was not recorded, and the fields above are the recorded one's"},
+    },
+}
+
 HEALTH_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "urn:edge-lfr:schema:health:1",
@@ -173,7 +233,8 @@ HEALTH_SCHEMA: dict[str, Any] = {
     },
 }
 
-SCHEMAS = {"alert": ALERT_SCHEMA, "adjudication": ADJUDICATION_SCHEMA, "health": HEALTH_SCHEMA}
+SCHEMAS = {"alert": ALERT_SCHEMA, "adjudication": ADJUDICATION_SCHEMA, "adjudication-v2": ADJUDICATION_SCHEMA_V2,
+           "adjudication-ack": ADJUDICATION_ACK_SCHEMA, "health": HEALTH_SCHEMA}
 
 
 # --- a small validator for the JSON Schema subset above ----------------------------------
@@ -403,7 +464,11 @@ def _no_constants(name: str):
 
 def parse_adjudication(payload: bytes, max_bytes: int) -> dict:
     """Decode and check one adjudication payload; raise :class:`AdjudicationError` saying why
-    it is refused (too large, not UTF-8 JSON, not an object, schema violations)."""
+    it is refused (too large, not UTF-8 JSON, not an object, schema violations).
+
+    ``schema_version`` 2 is checked against :data:`ADJUDICATION_SCHEMA_V2`, anything else
+    against :data:`ADJUDICATION_SCHEMA` (version 1). The dict is returned as sent; see
+    :func:`adjudication_fields` for a version-independent view."""
     if not isinstance(payload, (bytes, bytearray)):
         raise AdjudicationError(f"payload is {type(payload).__name__}, not bytes")
     if len(payload) > max_bytes:
@@ -417,7 +482,24 @@ def parse_adjudication(payload: bytes, max_bytes: int) -> dict:
         raise AdjudicationError(f"payload is not JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict):
         raise AdjudicationError(f"payload is a JSON {type(data).__name__}, not an object")
-    errors = check(data, ADJUDICATION_SCHEMA)
+    v2 = data.get("schema_version") == ADJUDICATION_V2 and type(data.get("schema_version")) is int
+    errors = check(data, ADJUDICATION_SCHEMA_V2 if v2 else ADJUDICATION_SCHEMA)
     if errors:
         raise AdjudicationError("; ".join(errors[:5]))
     return data
+
+
+def adjudication_fields(adj: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(event_id, outcome, officer_id, decided_at) of a parsed adjudication of either version
+    (version 1: ``decision`` is the outcome and ``handheld_id`` the officer)."""
+    if adj.get("schema_version") == ADJUDICATION_V2:
+        return adj["event_id"], adj["outcome"], adj["officer_id"], adj["decided_at"]
+    return adj["event_id"], adj["decision"], adj["handheld_id"], adj["decided_at"]
+
+
+def validate_ack(ack: Any) -> dict:
+    """Return ``ack`` if it satisfies :data:`ADJUDICATION_ACK_SCHEMA`, else raise :class:`AlertError`."""
+    errors = check(ack, ADJUDICATION_ACK_SCHEMA)
+    if errors:
+        raise AlertError("invalid adjudication acknowledgement: " + "; ".join(errors[:5]))
+    return ack

@@ -20,7 +20,10 @@
 * **Health**: every ``mqtt.health_interval_seconds`` while connected (:data:`edge.alert.HEALTH_SCHEMA`).
 * **Adjudications**: subscribed on ``<prefix>/<unit>/adjudication`` (QoS 1); each payload is
   checked (size cap, UTF-8 JSON object, schema, an event id known to the outbox); bad ones
-  are logged and ignored, good ones go to the ``on_adjudication`` hook.
+  are logged and ignored, good ones go to the ``on_adjudication`` hook. When the hook
+  returns an acknowledgement (:data:`edge.alert.ADJUDICATION_ACK_SCHEMA`, e.g. from
+  :meth:`edge.adjudication.AdjudicationRecords.record`), it is checked and published on
+  ``<prefix>/<unit>/adjudication/ack`` (QoS 1, one in flight at a time, queued meanwhile).
 
 Nothing else is ever published: the class has no general-purpose publish method.
 """
@@ -35,6 +38,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +61,11 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EXTRA_INFLIGHT = 4
 _POLL_SECONDS = 1.0
 _PURGE_SECONDS = 3600.0
+#: Acknowledgements waiting to be published at most (the oldest is dropped past this: the
+#: handheld sends its adjudication again when no acknowledgement comes, and gets a duplicate one).
+_MAX_QUEUED_ACKS = 1000
+#: An acknowledgement without a PUBACK after this long no longer holds back the next one.
+_ACK_STALE_SECONDS = 30.0
 
 
 class _QuietAfterDisconnect(logging.Filter):
@@ -84,15 +93,17 @@ class Topics(NamedTuple):
     status: str
     health: str
     adjudication: str
+    ack: str
 
 
 def topics(prefix: str, unit_id: str) -> Topics:
-    """The four topics of one unit: ``<prefix>/<unit>/alert|status|health|adjudication``."""
+    """The five topics of one unit: ``<prefix>/<unit>/alert|status|health|adjudication|adjudication/ack``."""
     for what, value in (("mqtt.topic_prefix", prefix), ("unit.id", unit_id)):
         if not _ID.match(value or ""):
             raise ConfigError(f"{what}: {value!r} must be 1-64 letters, digits, '-' or '_'")
     base = f"{prefix}/{unit_id}"
-    return Topics(f"{base}/alert", f"{base}/status", f"{base}/health", f"{base}/adjudication")
+    return Topics(f"{base}/alert", f"{base}/status", f"{base}/health", f"{base}/adjudication",
+                  f"{base}/adjudication/ack")
 
 
 def tls_context(ca_file: str, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
@@ -134,7 +145,8 @@ class AlertPublisher:
 
     ``health_source()`` returns any of ``fps``, ``queue_depth``, ``bundle_id``,
     ``bundle_expires_at`` (epoch seconds or an aware datetime); ``on_adjudication(dict)`` is
-    called (from the publisher's thread; keep it quick) for each valid adjudication;
+    called (from the publisher's thread; keep it quick) for each valid adjudication and may
+    return an acknowledgement dict to publish (``None``: nothing is published);
     ``on_delivered(Delivery)`` for each acknowledged alert.
     """
 
@@ -178,6 +190,9 @@ class AlertPublisher:
         self._hold_until = 0.0
         self._reject_backoff = 0.0
         self._health_mid: int | None = None
+        self._acks: deque[bytes] = deque()      # acknowledgements waiting to be published
+        self._ack_mid: int | None = None        # the one in flight ...
+        self._ack_sent_at = 0.0                 # ... and when it was handed over
         self._connect_failures = 0
 
         self.client = self._make_client()
@@ -369,6 +384,7 @@ class AlertPublisher:
                     return
                 continue
             self._fill()
+            self._publish_acks()
             if now >= next_poll:
                 next_poll = now + _POLL_SECONDS
             if now >= next_health:
@@ -400,6 +416,8 @@ class AlertPublisher:
                 kind = self._other_mids.pop(mid, None)
                 if kind == "health" and self._health_mid == mid:
                     self._health_mid = None
+                if kind == "ack" and self._ack_mid == mid:
+                    self._ack_mid = None
                 if kind and reason.is_failure:
                     log.error("broker refused the %s message: %s", kind, reason)
                 continue
@@ -452,6 +470,41 @@ class AlertPublisher:
             self._inflight[row.seq] = info.mid
             self._mid_seq[info.mid] = row.seq
             self._last_handed = row.seq
+
+    def _publish_acks(self) -> None:
+        """Hand the next queued acknowledgement to paho, one in flight at a time (status, health
+        and one acknowledgement stay within the room kept above the alert window)."""
+        if self._ack_mid is not None and time.monotonic() - self._ack_sent_at > _ACK_STALE_SECONDS:
+            self._other_mids.pop(self._ack_mid, None)
+            self._ack_mid = None
+        if not self._acks or self._ack_mid is not None or not self.connected or not self.client.is_connected():
+            return
+        payload = self._acks.popleft()
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1
+        props.ContentType = "application/json"
+        info = self.client.publish(self.topics.ack, payload, qos=1, retain=False, properties=props)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.error("paho refused to queue an adjudication acknowledgement: %s", mqtt.error_string(info.rc))
+            self._acks.appendleft(payload)
+            return
+        self._other_mids[info.mid] = "ack"
+        self._ack_mid, self._ack_sent_at = info.mid, time.monotonic()
+
+    def _queue_ack(self, ack: Any) -> None:
+        try:
+            payload = alerts.encode(alerts.validate_ack(ack))
+        except (alerts.AlertError, TypeError, ValueError) as exc:
+            log.error("on_adjudication returned an acknowledgement that is not sent: %s", exc)
+            return
+        if ack["unit_id"] != self.unit_id:
+            log.error("acknowledgement for unit %r not sent: this unit is %r", ack["unit_id"], self.unit_id)
+            return
+        if len(self._acks) >= _MAX_QUEUED_ACKS:
+            self._acks.popleft()
+            log.warning("more than %d adjudication acknowledgements waiting: the oldest is dropped",
+                        _MAX_QUEUED_ACKS)
+        self._acks.append(payload)
 
     def _publish_health(self) -> None:
         if not self.connected or self._health_mid is not None:
@@ -528,12 +581,16 @@ class AlertPublisher:
             return
         with self._lock:
             self.adjudications_accepted += 1
-        log.info("adjudication %s for event %s from %s", adj["decision"], adj["event_id"], adj["handheld_id"])
+        event_id, outcome, officer, _ = alerts.adjudication_fields(adj)
+        log.info("adjudication %s for event %s from %s", outcome, event_id, officer)
         if self.on_adjudication is not None:
             try:
-                self.on_adjudication(adj)
+                ack = self.on_adjudication(adj)
             except Exception:
                 log.exception("on_adjudication hook failed")
+                return
+            if ack is not None:
+                self._queue_ack(ack)
 
 
 # --- a subscriber for technicians, rigs and tests -------------------------------------------
