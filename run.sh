@@ -36,7 +36,8 @@ case "$what" in
   test)
     # systemd: systemd-analyze (tests/test_systemd_unit.py); passwd: useradd (tests/test_provision.py)
     # chromium, nodejs/npm: the officers' handheld page, built here and tested end to end (tests/test_handheld.py)
-    need_apt mosquitto openssl systemd passwd chromium
+    # strace: tests/test_privacy_writes.py traces every file the service writes
+    need_apt mosquitto openssl systemd passwd chromium strace
     command -v npm >/dev/null || need_apt nodejs npm
     setup_venv "test,reference"
     (cd handheld && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)

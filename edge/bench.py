@@ -9,6 +9,11 @@ Stages: detect (whole frame, per image and pooled), align, quality, embed with t
 model (one chip), embed with the float32 TFLite model, top-1 match against N = 1,000 /
 10,000 / 100,000 random unit vectors with a real probe, and — when dlib is importable —
 dlib's ``compute_face_descriptor`` on the same chip and its HOG detector on the same images.
+
+Per model: every network of the manifest, float and int8 side by side where both exist, at
+1 / 2 / 4 interpreter threads (median ms per invoke, the two precisions invoked in turn so
+that other load on the machine hits both alike), plus the Edge TPU build when its delegate
+loads. docs/performance.md turns these into the Raspberry Pi 5 budget.
 """
 from __future__ import annotations
 
@@ -26,6 +31,14 @@ from .errors import InputError
 from .progress import Progress
 
 MATCH_SIZES = (1_000, 10_000, 100_000)
+# (label, float model, int8 model) -- either may be absent from a manifest
+MODEL_FAMILIES = (
+    ("detector full range (BlazeFace 192)", "blazeface_full_range", "blazeface_full_range_int8"),
+    ("detector short range (BlazeFace 128)", "blazeface_short_range", "blazeface_short_range_int8"),
+    ("embedder (dlib ResNet-29, 150)", "dlib_resnet_v1_float32", "dlib_resnet_v1_int8"),
+    ("landmarks (face mesh 192)", "face_landmark", "face_landmark_int8"),
+)
+TABLE_THREADS = (1, 2, 4)
 SCENE_IMAGES = ("2008_002506.jpg", "2007_007763.jpg", "friends_t1.jpg")
 WARMUP = 3
 SHARED_FACES = Path(__file__).resolve().parent.parent.parent / "shared" / "faces"
@@ -87,6 +100,79 @@ def _matcher_for(n: int, dim: int, rng: np.random.Generator):
     return m.match, "edge.match.Matcher.match"
 
 
+def _invoker(model) -> Callable[[], Any]:
+    """invoke() of a loaded model with a fixed random input of the right dtype."""
+    rng = np.random.default_rng(0)
+    interp = model.interpreter
+    for d in model.inputs:
+        if np.issubdtype(d["dtype"], np.integer):
+            info = np.iinfo(d["dtype"])
+            x = rng.integers(info.min, info.max, d["shape"], endpoint=True).astype(d["dtype"])
+        else:
+            x = rng.uniform(-1, 1, d["shape"]).astype(d["dtype"])
+        interp.set_tensor(d["index"], x)
+    return interp.invoke
+
+
+def model_table(models_dir: Path, runs: int, threads=TABLE_THREADS, prefer_edgetpu: bool = True
+                ) -> list[dict[str, Any]]:
+    """Median ms per invoke of each model family, float and int8 invoked in turn, per thread
+    count; ``edgetpu_ms`` when the int8 model's Edge TPU build loads (else the reason)."""
+    from .runtime import load_manifest, open_model
+    have = load_manifest(models_dir)["models"]
+    rows = []
+    for label, float_name, int8_name in MODEL_FAMILIES:
+        names = {k: n for k, n in (("float", float_name), ("int8", int8_name)) if n in have}
+        if not names:
+            continue
+        tpu_ms, tpu_note = None, "no int8 model"
+        if "int8" in names and prefer_edgetpu:
+            m = open_model(names["int8"], models_dir, 1, prefer_edgetpu=True)
+            if m.delegate == "edgetpu":
+                tpu_ms = float(np.median(time_calls(_invoker(m), runs)) * 1000.0)
+                tpu_note = "Edge TPU"
+            else:
+                tpu_note = m.delegate_reason
+            del m
+        for t in threads:
+            models = {k: open_model(n, models_dir, t, prefer_edgetpu=False) for k, n in names.items()}
+            calls = {k: _invoker(m) for k, m in models.items()}
+            for fn in calls.values():
+                for _ in range(WARMUP):
+                    fn()
+            times: dict[str, list[float]] = {k: [] for k in calls}
+            for _ in range(max(1, runs)):
+                for k, fn in calls.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+            row: dict[str, Any] = {"model": label, "threads": t, "float": names.get("float"),
+                                   "int8": names.get("int8")}
+            for k in ("float", "int8"):
+                row[f"{k}_ms"] = float(np.median(times[k]) * 1000.0) if k in times else None
+            row["speedup"] = (row["float_ms"] / row["int8_ms"]) if row["float_ms"] and row["int8_ms"] else None
+            row["edgetpu_ms"], row["edgetpu"] = tpu_ms, tpu_note
+            rows.append(row)
+    return rows
+
+
+def format_model_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'model, median ms per invoke':40s}{'threads':>8s}{'float':>9s}{'int8':>9s}{'float/int8':>12s}"
+             f"{'Edge TPU':>10s}"]
+    notes = set()
+    for r in rows:
+        def ms(v):
+            return f"{v:9.3f}" if v is not None else f"{'-':>9s}"
+        sp = f"{r['speedup']:11.2f}x" if r["speedup"] else f"{'-':>12s}"
+        tpu = f"{r['edgetpu_ms']:10.3f}" if r["edgetpu_ms"] is not None else f"{'-':>10s}"
+        lines.append(f"{r['model']:40s}{r['threads']:8d}{ms(r['float_ms'])}{ms(r['int8_ms'])}{sp}{tpu}")
+        if r["edgetpu_ms"] is None and r["int8"]:
+            notes.add(r["edgetpu"])
+    for n in sorted(notes):
+        lines.append(f"Edge TPU: {n}")
+    return "\n".join(lines)
+
+
 def run_bench(args) -> int:
     from .api import Recognizer
     from .config import load_config
@@ -128,7 +214,7 @@ def run_bench(args) -> int:
     results: dict[str, dict[str, float]] = {}
     per_image: dict[str, dict[str, Any]] = {}
     dl = _dlib_models()
-    steps = 7 + len(MATCH_SIZES) + (2 if dl else 0) + (1 if refiner is not None else 0)
+    steps = 8 + len(MATCH_SIZES) + (2 if dl else 0) + (1 if refiner is not None else 0)
     with Progress(steps, "bench", unit="step") as bar:
         per_n = max(3, repeat // len(scenes))
         pooled = []
@@ -184,6 +270,10 @@ def run_bench(args) -> int:
             results["dlib_hog_detect"] = stats_ms(np.concatenate(pooled))
             bar.update()
 
+        model_rows = model_table(find_models_dir(rt.models_dir or None), max(10, min(repeat, 100)),
+                                 prefer_edgetpu=rt.prefer_edgetpu)
+        bar.update()
+
     single = results["embed_int8_single_pass"]["median_ms"]
     ratios = {"float32_over_int8": results["embed_float32"]["median_ms"] / single}
     if dl:
@@ -207,10 +297,14 @@ def run_bench(args) -> int:
         "model_sha256": rec.model_sha256,
         "delegates": rec.delegates,
         "threads": rt.threads,
+        "models": model_rows,
+        "detector": {"model": config.detector.model, "near_model": config.detector.near_model},
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "python": platform.python_version(), "cpus": os.cpu_count()},
     }
     print(format_table(report))
+    print()
+    print(format_model_table(model_rows))
     if out_path is not None:
         out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         print(f"written: {out_path}")

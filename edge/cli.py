@@ -15,7 +15,10 @@ from .errors import EdgeError
 
 EPILOG = """\
 examples:
-  edge-lfr demo                               recognise public-domain faces against a small watchlist
+  edge-lfr demo                               composed footage of real faces through the live pipeline, alerts over MQTT
+  edge-lfr run --config /etc/edge-lfr/unit.yaml     the unit's service (camera -> recognition -> alerts; systemd notify)
+  edge-lfr replay --source V.avi --bundle B.edgewl --expect E.yaml --junit out.xml --config rig.yaml   rig check
+  edge-lfr bench pipeline                     1080p, 5 faces: fps, stage latencies, RSS; face_recognition as reference
   edge-lfr eval lfw --images ../shared/faces/lfw-dev --pairs ../shared/faces/lfw-dev/pairs.txt \\
                     --out report.json --plot det.png --reference dlib
   edge-lfr bench                              latency of detect, embed and match (dlib as reference)
@@ -57,11 +60,6 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-    return run_demo(args)
-
-
 def _cmd_eval(args) -> int:
     from .evaluation import run_eval_lfw
     return run_eval_lfw(args)
@@ -71,6 +69,9 @@ def _cmd_bench(args) -> int:
     if args.target == "alerts":
         from .cli_alerts import run_alert_bench
         return run_alert_bench(args)
+    if args.target == "pipeline":
+        from .cli_run import run_pipeline_bench
+        return run_pipeline_bench(args)
     from .bench import run_bench
     return run_bench(args)
 
@@ -83,16 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-lfr {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    s = sub.add_parser("demo", help="recognise public-domain faces against a small demo watchlist",
-                       description="Enrol a small watchlist, compose a scene with listed and unlisted "
-                       "faces, run detection -> alignment -> quality -> int8 embedding -> matching, "
-                       "and print the alerts. Uses matplotlib's and scikit-image's public-domain "
-                       "faces, plus ../shared/faces when present.")
-    s.add_argument("--config", help="YAML configuration file (see `edge-lfr config`)")
-    s.add_argument("--out", default="demo-out", help="folder for the annotated scene image (default: %(default)s)")
-    s.add_argument("--faces", default=None, help="folder of shared faces (default: ../shared/faces if present)")
-    s.set_defaults(func=_cmd_demo)
+    from .cli_run import add_commands as add_run_commands  # demo, run, replay
+    add_run_commands(sub)
 
     s = sub.add_parser("eval", help="measure accuracy on a labelled face dataset")
     esub = s.add_subparsers(dest="dataset", metavar="DATASET")
@@ -110,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML configuration file")
     e.add_argument("--limit", type=int, default=0, help="use only the first N identities (0 = all); for quick checks")
     e.add_argument("--seed", type=int, default=0, help="seed for sampling watchlists smaller than 'all'")
+    from .evaluation import add_lfw_arguments
+    add_lfw_arguments(e)
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("bench", help="latency of detect, embed and match (dlib as the reference), or of alerts",
@@ -117,18 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "real faces; dlib's descriptor is timed in the same run as the ratio reference when "
                        "dlib-bin is installed. alerts: match -> outbox -> MQTT PUBACK latency through a "
                        "throwaway TLS mosquitto on loopback.")
-    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts"],
+    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts", "pipeline"],
                    help="what to measure (default: %(default)s)")
     s.add_argument("--config", help="YAML configuration file")
     s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
     s.add_argument("--out", help="also write the figures as JSON here")
     from .cli_alerts import add_bench_arguments, add_commands as add_alert_commands
     add_bench_arguments(s)
+    from .cli_run import add_bench_arguments as add_pipeline_bench_arguments
+    add_pipeline_bench_arguments(s)
     s.set_defaults(func=_cmd_bench)
 
     add_alert_commands(sub)
     from .cli_watchlist import add_commands as add_watchlist_commands
     add_watchlist_commands(sub)
+    from .cli_audit import add_commands as add_audit_commands  # audit verify|show|purge, report
+    add_audit_commands(sub)
 
     s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")
     s.add_argument("--models-dir", default=None, help="folder with manifest.json (default: the installed models)")

@@ -8,6 +8,8 @@ values are refused with the key path and the reason (:class:`edge.errors.ConfigE
 from __future__ import annotations
 
 import math
+import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,11 +36,15 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "prefer_edgetpu": Option(True, bool, "use an *_edgetpu.tflite with the Coral delegate when both exist"),
     },
     "detector": {
-        "model": Option("blazeface_full_range", str, "detector model name in the manifest",
-                        choices=("blazeface_full_range", "blazeface_short_range")),
-        "near_model": Option("blazeface_short_range", str, "second model run once on the whole frame for close-up faces "
-                             "(enrolment photos, someone at the window); '' = off",
-                             choices=("", "blazeface_short_range")),
+        "model": Option("blazeface_full_range_int8", str, "detector model name in the manifest: the full-integer "
+                        "rebuild of MediaPipe's BlazeFace (*_int8: same recall on the 43 ground-truth boxes, about "
+                        "1.5x faster on the CPU, and the only kind the Coral Edge TPU runs) or the float original",
+                        choices=("blazeface_full_range", "blazeface_short_range",
+                                 "blazeface_full_range_int8", "blazeface_short_range_int8")),
+        "near_model": Option("blazeface_short_range_int8", str, "second model run once on the whole frame for close-up "
+                             "faces (enrolment photos, someone at the window) and on tracked faces' search regions; "
+                             "'' = off",
+                             choices=("", "blazeface_short_range", "blazeface_short_range_int8")),
         "near_score_threshold": Option(0.6, float, "minimum confidence of the close-up model", 0.05, 0.99),
         "score_threshold": Option(0.5, float, "minimum detector confidence for a face", 0.05, 0.99),
         "nms_iou": Option(0.3, float, "boxes overlapping more than this IoU are merged (weighted NMS)", 0.05, 0.95),
@@ -61,6 +67,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "threshold_missing": Option(0.95, float, "cosine score at or above which a 'missing' entry alerts", -1.0, 1.0),
         "threshold_vulnerable": Option(0.95, float, "cosine score at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
         "top_k": Option(5, int, "candidates returned per probe", 1, 100),
+        "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.normalise: a look-alike of "
+                                      "many people needs a higher raw cosine) and calibrated scores; every category's "
+                                      "threshold then comes from target_fpir and the loaded list's size, and the "
+                                      "threshold_<category> cosines are not used (edge.threshold_policy.build_matcher). "
+                                      "false: raw cosine and threshold_<category>"),
+        "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
+                              "may raise an alert (0.001 = 1 in 1,000), converted into a threshold for the loaded "
+                              "list's size with the calibration shipped with the model", 1e-9, 0.5),
     },
     "unit": {
         "id": Option("", str, "this unit's id, as registered with the issuer (letters, digits, '-', '_')"),
@@ -96,8 +110,93 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "outbox": {
         "max_pending": Option(10_000, int, "undelivered alerts kept at most; when full, new alerts are refused and counted, never the oldest dropped", 10, 1_000_000),
-        "retention_days": Option(30, int, "delivered alert rows are deleted after this many days", 1, 31),
+        "retention_days": Option(30, int, "match records (alerts with their crops, delivered or not, and officers' "
+                                 "adjudication records) are deleted this many days after the alert", 1, 31),
+        "rejected_retention_hours": Option(24, int, "an alert an officer marked not a match (rejected) is deleted "
+                                           "with its record this many hours after the decision (0 = at the next purge)", 0, 168),
         "max_crop_bytes": Option(32 * 1024, int, "largest JPEG carried in an alert, for the probe crop and for the reference thumbnail alike", 2048, 262144),
+    },
+    "privacy": {
+        "audit_checkpoint_entries": Option(100, int, "a checkpoint signed with the unit key is appended to the audit log "
+                                           "after this many entries (and at every stop and purge)", 1, 100_000),
+        "audit_retention_days": Option(31, int, "audit entries older than this are deleted (they hold subject ids and "
+                                       "counts, never images); the rest stays verifiable from a signed anchor", 1, 31),
+        "audit_stats_seconds": Option(300.0, float, "period of the counts entry in the audit log (faces processed, "
+                                      "gated by reason, alerts: counts only)", 10.0, 3600.0),
+        "purge_interval_seconds": Option(3600.0, float, "period of the retention purge while the service runs "
+                                         "(also run at start and by edge-lfr audit purge)", 60.0, 86400.0),
+        "deployment_end_wipe_hours": Option(24.0, float, "the watchlist is deleted this long after the deployment ended "
+                                            "(the service stopped, or was last alive, and did not start again)", 0.0, 24.0),
+        "location_label": Option("", str, "where the unit is deployed, as published in deployment reports "
+                                 "(a place name, never personal data)"),
+        "calibrated_fpir": Option(0.01, float, "with match.score_normalisation false: the false-positive identification "
+                                  "rate per passer-by the threshold_<category> cosines were calibrated for, stated in "
+                                  "deployment reports (with normalisation the report states match.target_fpir)", 0.0, 1.0),
+        "calibration_reference": Option("lfw-dev, ~800 listed people", str, "with match.score_normalisation false: what "
+                                        "that calibration was measured on, stated in deployment reports"),
+        "preview_port": Option(0, int, "operator preview on http://127.0.0.1:PORT (0 = off): loopback only, every face "
+                               "that is not a current match blurred beyond recognition", 0, 65535),
+        "preview_max_fps": Option(5.0, float, "frames per second the operator preview encodes at most", 0.5, 30.0),
+        "preview_mode": Option("scene", str, "scene: the whole preview is coarsened and only current matches are shown "
+                               "as they are (a face the detector missed is obscured too); faces: the frame as it is "
+                               "with every detected or tracked face that is not a match blurred", choices=("scene", "faces")),
+    },
+    "camera": {
+        "source": Option("picamera2", str, "where frames come from: the Pi camera (picamera2), a local V4L2/USB camera "
+                         "(v4l2) or a local video file / image folder replayed for rigs and tests (file). Network "
+                         "sources (rtsp, http, udp, ...) are refused: the unit is standalone and takes no CCTV feed",
+                         choices=("picamera2", "v4l2", "file")),
+        "device": Option("/dev/video0", str, "v4l2: the camera device (/dev/videoN, /dev/v4l/by-id/..., or an index like 0)"),
+        "path": Option("", str, "file: a local video file or a folder of images (sorted by name); required when source is file"),
+        "width": Option(1920, int, "frame width in pixels (cameras; files are used at their own size)", 64, 8192),
+        "height": Option(1080, int, "frame height in pixels (cameras; files are used at their own size)", 64, 8192),
+        "fps": Option(30.0, float, "frame rate asked of the camera; the timeline rate of an image folder "
+                      "(and of a video file that does not state its own)", 1.0, 240.0),
+        "exposure_us": Option(0, int, "picamera2: fixed exposure time in microseconds (0 = automatic exposure)", 0, 1_000_000),
+        "analogue_gain": Option(0.0, float, "picamera2: fixed analogue gain (0 = automatic)", 0.0, 64.0),
+        "fourcc": Option("MJPG", str, "v4l2: pixel format asked of the camera", choices=("MJPG", "YUYV")),
+        "pace": Option("realtime", str, "file: deliver frames at their timestamps (realtime: late frames are dropped "
+                       "like a camera's) or as fast as the pipeline takes them (fast: nothing is dropped)",
+                       choices=("realtime", "fast")),
+        "loop": Option(False, bool, "file: start again at the end (soak tests); otherwise the run ends with the file"),
+    },
+    "track": {
+        "max_center_distance": Option(1.0, float, "a detection continues a track when its centre is within this many "
+                                      "face widths of the track's predicted centre", 0.05, 10.0),
+        "max_size_ratio": Option(1.6, float, "... and its width is within this factor of the track's", 1.0, 10.0),
+        "max_missed_seconds": Option(0.7, float, "a track not seen for this long ends (its faces and embeddings are dropped)", 0.05, 60.0),
+        "min_hits": Option(2, int, "detections a track needs before it is embedded (filters one-frame false detections)", 1, 100),
+        "max_embeds": Option(4, int, "embeddings per track at most (the per-track embedding budget); the track's probe is "
+                             "their fusion (edge.fusion.fuse_embeddings, weighted by quality)", 1, 100),
+        "max_attempts": Option(12, int, "landmark + quality attempts per track at most (including faces refused by the gate)", 1, 1000),
+        "embed_interval_seconds": Option(0.15, float, "at least this long between two attempts on one track", 0.0, 60.0),
+        "min_improvement": Option(0.15, float, "after the first embedding, a face is embedded again only if its quality "
+                                  "score beats the best so far by this fraction", 0.0, 10.0),
+        "same_person_min_similarity": Option(0.88, float, "a new embedding less similar than this to its track's fused "
+                                             "embedding is another person (tracks crossed): the track is split", -1.0, 1.0),
+        "reid_seconds": Option(2.0, float, "a new track whose first embedding resembles a track that ended at most this "
+                               "long ago continues it (same id, alerts already raised stay raised)", 0.0, 600.0),
+        "reid_min_similarity": Option(0.93, float, "similarity needed for that continuation", -1.0, 1.0),
+        "realert_cooldown_seconds": Option(60.0, float, "after an alert for a subject, no other alert for that subject "
+                                           "(from any track) for this long; one track alerts at most once per subject", 0.0, 86400.0),
+        "max_tracks": Option(64, int, "live tracks at most; further faces wait until a track ends", 1, 10000),
+    },
+    "pipeline": {
+        "workers": Option(2, int, "inference threads, each with its own detector, landmark and embedding models", 1, 16),
+        "queue_frames": Option(4, int, "captured frames waiting for a worker at most; when full the oldest is dropped "
+                               "and counted (live sources) or capture waits (file source with pace: fast)", 1, 256),
+        "scan_views_per_frame": Option(2, int, "views of the round-robin scan for new faces run per frame (the cycle is "
+                                       "the whole frame, the close-up model and the detector tiles); tracked faces "
+                                       "are looked for around their predicted position in every frame", 1, 64),
+        "roi_scale": Option(3.0, float, "side of a tracked face's search region, in face widths", 1.5, 10.0),
+        "roi_model": Option("short_range", str, "detector run on the tracked faces' search regions: short_range (the "
+                            "close-up model, ~3x cheaper; measured: same recall, tighter boxes on such crops) or "
+                            "full_range; short_range needs detector.near_model", choices=("short_range", "full_range")),
+        "max_embed_queue": Option(16, int, "embedding jobs waiting at most (each holds its frame in memory)", 1, 1024),
+        "status_interval_seconds": Option(10.0, float, "period of the status line in the log and systemd STATUS", 1.0, 3600.0),
+        "watchlist_poll_seconds": Option(5.0, float, "period of checks for a watchlist loaded, wiped or expired by another process", 0.5, 3600.0),
+        "stall_seconds": Option(15.0, float, "no frame processed for this long: the systemd watchdog is no longer fed "
+                                "(systemd then restarts the service)", 1.0, 3600.0),
     },
     "limits": {
         "max_image_pixels": Option(40_000_000, int, "images with more pixels are refused before decoding", 1, 400_000_000),
@@ -145,24 +244,79 @@ class Config:
         return {name: s.as_dict() for name, s in self._sections.items()}
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for error messages (a YAML alias bomb must not be expanded)."""
+    try:
+        return _SHORT.repr(value)[:80]
+    except Exception:  # pragma: no cover - repr of a YAML value does not fail
+        return f"<{type(value).__name__}>"
+
+
+# Any "scheme://" and the bare schemes FFmpeg / OpenCV / GStreamer would open over a network.
+_URL = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
+_NET_SCHEME = re.compile(r"^\s*(rtsps?|rtmp[ste]*|rtp|srtp?|udp|tcp|tls|https?|ftps?|sftp|mmsh?|mmst|hls|"
+                         r"gopher|smb|wss?|sdp|data|pipe|unix|concat|subfile|crypto|async|cache|icecast|"
+                         r"ipfs|ipns|zmq|rist|librtmp\w*|ndi|sap|v4l2|gst\w*|souphttpsrc)\s*:", re.I)
+# Local files FFmpeg would treat as a list of (possibly remote) sources.
+_PLAYLISTS = (".sdp", ".m3u", ".m3u8", ".pls", ".ffconcat", ".concat", ".xspf", ".asx", ".url", ".strm")
+
+
+def refuse_network_source(path: str, value: str) -> None:
+    """Raise ConfigError when ``value`` names a network source (any URL scheme, a GStreamer
+    pipeline, or a playlist that would pull one): this unit is standalone."""
+    m = _URL.match(value) or _NET_SCHEME.match(value)
+    why = None
+    if m:
+        why = f"URL scheme {m.group(1).lower()!r}"
+    elif "!" in value:
+        why = "a GStreamer pipeline ('!')"
+    elif value.strip().lower().endswith(_PLAYLISTS):
+        why = "a playlist / session description that would open network streams"
+    if why:
+        raise ConfigError(f"{path}: {_short(value)} is a network source ({why}); refused: this unit is "
+                          "standalone and takes no CCTV or network feed. Use the Pi camera, a local V4L2 "
+                          "device or a local file")
+
+
+_DEVICE = re.compile(r"^(/dev/[A-Za-z0-9._:/+-]{1,200}|[0-9]{1,3})$")
+
+
 def _check(path: str, opt: Option, value: Any) -> Any:
     kind = opt.kind
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: {_short(value)} is outside the allowed range [{opt.min}, {opt.max}]") from None
     if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{path}: expected {kind.__name__}, got {type(value).__name__} ({value!r:.60})")
+        raise ConfigError(f"{path}: expected {kind.__name__}, got {type(value).__name__} ({_short(value)})")
+    if kind is str and "\x00" in value:
+        raise ConfigError(f"{path}: contains a NUL character")
     if kind is float and not math.isfinite(value):
-        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{path}: must be a finite number, got {_short(value)}")
     if opt.min is not None and value < opt.min or opt.max is not None and value > opt.max:
-        raise ConfigError(f"{path}: {value!r} is outside the allowed range [{opt.min}, {opt.max}]")
+        raise ConfigError(f"{path}: {_short(value)} is outside the allowed range [{opt.min}, {opt.max}]")
     if opt.choices is not None and value not in opt.choices:
-        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, opt.choices))}")
+        raise ConfigError(f"{path}: {_short(value)} is not one of {', '.join(map(str, opt.choices))}")
+    if path in ("camera.path", "camera.device") and value:
+        refuse_network_source(path, value)
+    if path == "camera.device" and not _DEVICE.match(value):
+        raise ConfigError(f"{path}: {_short(value)} is not a local camera device (expected /dev/videoN, "
+                          "a /dev/v4l/... link, or an index such as 0)")
     if path == "detector.roi" and value:
         if len(value) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{path}: expected [x0, y0, x1, y1] as four numbers, got {value!r:.80}")
-        x0, y0, x1, y1 = (float(v) for v in value)
+            raise ConfigError(f"{path}: expected [x0, y0, x1, y1] as four numbers, got {_short(value)}")
+        try:
+            x0, y0, x1, y1 = (float(v) for v in value)
+        except OverflowError:
+            raise ConfigError(f"{path}: fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
+                              f"got {_short(value)}") from None
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-            raise ConfigError(f"{path}: fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {value!r}")
+            raise ConfigError(f"{path}: fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {_short(value)}")
         value = [x0, y0, x1, y1]
     return value
 
@@ -178,7 +332,7 @@ def validate(data: Any) -> Config:
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(data).__name__}")
     unknown = [str(k) for k in data if k not in SCHEMA]
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SCHEMA)})")
+        raise ConfigError(f"{unknown[0][:60]}: unknown section (known: {', '.join(SCHEMA)})")
     values: dict[str, dict[str, Any]] = {}
     for name, options in SCHEMA.items():
         given = data.get(name) or {}
@@ -186,10 +340,22 @@ def validate(data: Any) -> Config:
             raise ConfigError(f"{name}: expected a mapping of options, got {type(given).__name__}")
         bad = [str(k) for k in given if k not in options]
         if bad:
-            raise ConfigError(f"{name}.{bad[0]}: unknown option (known: {', '.join(options)})")
+            raise ConfigError(f"{name}.{bad[0][:60]}: unknown option (known: {', '.join(options)})")
         values[name] = {key: _check(f"{name}.{key}", opt, given[key]) if key in given else opt.default
                         for key, opt in options.items()}
+    _cross_checks(values)
     return Config(values)
+
+
+def _cross_checks(values: Mapping[str, Mapping[str, Any]]) -> None:
+    """Rules that involve more than one option."""
+    cam = values["camera"]
+    if cam["source"] == "file" and not cam["path"].strip():
+        raise ConfigError("camera.path: required when camera.source is file (a local video file or image folder)")
+    m = values["mqtt"]
+    if m["reconnect_min_seconds"] > m["reconnect_max_seconds"]:
+        raise ConfigError(f"mqtt.reconnect_min_seconds: {m['reconnect_min_seconds']} is more than "
+                          f"mqtt.reconnect_max_seconds {m['reconnect_max_seconds']}")
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -205,10 +371,19 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
     if len(text) > 1_000_000:
         raise ConfigError(f"{p}: config file is larger than 1 MB")
+    return parse_text(text, str(p))
+
+
+def parse_text(text: str, where: str = "<config>") -> Config:
+    """Validate configuration YAML given as text (``where`` names it in errors)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # safe_load: bad !!int, !!float or dates like 2020-02-31
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
     return validate(data)
 
 

@@ -85,18 +85,113 @@ def tile_windows(width: int, height: int, tile: int, overlap: float) -> list[tup
 
 
 class _Head:
-    """One BlazeFace model with its anchors, output order and score threshold."""
+    """One BlazeFace model with its anchors, output layout, quantization and score threshold.
+
+    Outputs are the scores (logits, ``[1, A, 1]``) and the 16 regressors ``[1, A, 16]`` in
+    either order; or, when the manifest entry's ``outputs`` give each a ``role``
+    ("classificators" / "regressors") and regressor ``channels`` ``[start, stop]``, the
+    regressors split over several outputs (each quantized with its own scale).
+    """
 
     def __init__(self, model: LoadedModel, score_threshold: float):
         self.model = model
         self.logit_threshold = float(np.log(score_threshold / (1.0 - score_threshold)))
         self.size = int(model.inputs[0]["shape"][1])
         self.anchors = make_anchors(self.size)
-        n_anchors = int(model.outputs[0]["shape"][1])
-        if n_anchors != len(self.anchors):
-            raise ValueError(f"{model.name}: {n_anchors} outputs do not match {len(self.anchors)} anchors")
-        # outputs are (regressors [1, A, 16], scores [1, A, 1]) in either order
-        self.reg_index = 0 if model.outputs[0]["shape"][-1] == 16 else 1
+        for d in model.outputs:
+            if int(d["shape"][1]) != len(self.anchors):
+                raise ValueError(f"{model.name}: {int(d['shape'][1])} outputs do not match "
+                                 f"{len(self.anchors)} anchors")
+        self.cls_index, self.reg_parts = _output_layout(model)
+        # full-integer models: pixels go in through a lookup table (pixel p -> the quantized
+        # value of p / 127.5 - 1), outputs come out as (q - zero_point) * scale
+        inp = model.inputs[0]
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.quantized_input = np.issubdtype(self.input_dtype, np.integer)
+        self.lut = None
+        if self.quantized_input:
+            q_scale, q_zero = _quantization(inp, model.name, "input")
+            info = np.iinfo(self.input_dtype)
+            real = np.arange(256, dtype=np.float64) / 127.5 - 1.0
+            self.lut = np.clip(np.round(real / q_scale + q_zero), info.min, info.max).astype(self.input_dtype)
+        self.dequant = [None if not np.issubdtype(np.dtype(d["dtype"]), np.integer)
+                        else _quantization(d, model.name, "output") for d in model.outputs]
+        # the score threshold in the logits' own units, so only kept rows are dequantized
+        cls = self.dequant[self.cls_index]
+        self.raw_logit_threshold = (self.logit_threshold if cls is None
+                                    else self.logit_threshold / cls[0] + cls[1])
+
+    def prepare(self, canvas: np.ndarray) -> np.ndarray:
+        """The model input for a letterboxed uint8 RGB canvas (size x size x 3)."""
+        if self.lut is not None:  # cv2.LUT maps bytes to bytes: reinterpret for int8 models
+            return cv2.LUT(canvas, self.lut.view(np.uint8)).view(self.input_dtype)[None]
+        return (canvas.astype(np.float32) * (1.0 / 127.5) - 1.0)[None]
+
+    def output(self, outputs: list[np.ndarray], index: int, rows=None) -> np.ndarray:
+        """Output ``index`` (optionally only ``rows`` of its anchors) as float32."""
+        a = outputs[index][0] if rows is None else outputs[index][0][rows]
+        q = self.dequant[index]
+        if q is None:
+            return a
+        return (a.astype(np.float32) - q[1]) * q[0]
+
+    def keep(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """Anchor indices whose score passes the threshold (compared before dequantizing)."""
+        return np.nonzero(outputs[self.cls_index][0, :, 0] > self.raw_logit_threshold)[0]
+
+    def logits(self, outputs: list[np.ndarray], rows=None) -> np.ndarray:
+        return self.output(outputs, self.cls_index, rows)[:, 0]
+
+    def regressors(self, outputs: list[np.ndarray], rows=None) -> np.ndarray:
+        """The 16 regressors (float32, ``[rows, 16]``) gathered from their output(s)."""
+        if len(self.reg_parts) == 1:
+            return self.output(outputs, self.reg_parts[0][0], rows)
+        n = len(self.anchors) if rows is None else len(rows)
+        reg = np.empty((n, 16), np.float32)
+        for index, start, stop in self.reg_parts:
+            reg[:, start:stop] = self.output(outputs, index, rows)
+        return reg
+
+
+def _output_layout(model: LoadedModel) -> tuple[int, list[tuple[int, int, int]]]:
+    """(index of the scores output, [(output index, first channel, end channel)] of the
+    regressors) from the manifest's output roles, or else from the output shapes."""
+    shapes = [tuple(int(v) for v in d["shape"]) for d in model.outputs]
+    described = (model.spec or {}).get("outputs") if isinstance(model.spec, dict) else None
+    if isinstance(described, list) and len(described) == len(shapes) and \
+            all(isinstance(o, dict) and o.get("role") for o in described):
+        cls = [i for i, o in enumerate(described) if o["role"] == "classificators"]
+        parts = []
+        for i, o in enumerate(described):
+            if o["role"] == "regressors":
+                start, stop = o.get("channels", [0, 16])
+                if shapes[i][-1] != stop - start:
+                    raise ValueError(f"{model.name}: output {i} has {shapes[i][-1]} channels, "
+                                     f"the manifest says {start}..{stop}")
+                parts.append((i, int(start), int(stop)))
+        covered = sorted(c for _, a, b in parts for c in range(a, b))
+        if len(cls) != 1 or shapes[cls[0]][-1] != 1 or covered != list(range(16)):
+            raise ValueError(f"{model.name}: manifest output roles do not describe 1 score output "
+                             "and 16 regressor channels")
+        return cls[0], sorted(parts, key=lambda p: p[1])
+    if len(shapes) != 2 or sorted(s[-1] for s in shapes) != [1, 16]:
+        raise ValueError(f"{model.name}: expected outputs [1, A, 16] and [1, A, 1], got {shapes}")
+    reg = 0 if shapes[0][-1] == 16 else 1
+    return 1 - reg, [(reg, 0, 16)]
+
+
+def _quantization(detail: dict, name: str, what: str) -> tuple[float, float]:
+    """(scale, zero_point) of an integer tensor; a per-tensor scale is required."""
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), np.float64).ravel()
+    zeros = np.asarray(params.get("zero_points", []), np.float64).ravel()
+    if scales.size > 1:
+        raise ValueError(f"{name}: per-channel quantized {what} is not supported")
+    scale, zero = (float(scales[0]), float(zeros[0]) if zeros.size else 0.0) if scales.size else \
+        (float(detail["quantization"][0]), float(detail["quantization"][1]))
+    if not scale > 0:
+        raise ValueError(f"{name}: integer {what} without a quantization scale")
+    return scale, zero
 
 
 class FaceDetector:
@@ -143,16 +238,13 @@ class FaceDetector:
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        canvas = np.zeros((size, size, 3), np.float32)
+        canvas = np.zeros((size, size, 3), np.uint8)
         canvas[:nh, :nw] = cv2.resize(crop, (nw, nh), interpolation=interp)
-        x = (canvas * (1.0 / 127.5) - 1.0)[None]
-        outputs = head.model.run(x)
-        reg = outputs[head.reg_index][0]
-        logits = outputs[1 - head.reg_index][0, :, 0]
-        keep = np.nonzero(logits > head.logit_threshold)[0]
+        outputs = head.model.run(head.prepare(canvas))
+        keep = head.keep(outputs)
         if keep.size == 0:
             return None
-        reg, logits, anchors = reg[keep], logits[keep], head.anchors[keep]
+        reg, logits, anchors = head.regressors(outputs, keep), head.logits(outputs, keep), head.anchors[keep]
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
         # regressors are in input pixels relative to the anchor centre
         cx = anchors[:, 0] * size + reg[:, 0]
@@ -170,15 +262,31 @@ class FaceDetector:
         ok = (inside / area > 0.7) if (x1 - x0, y1 - y0) != frame.shape[1::-1] else np.ones(len(area), bool)
         return boxes[ok], kps[ok], scores[ok]
 
+    def scan_cycle(self, width: int, height: int) -> list[tuple[tuple[int, int, int, int], str]]:
+        """Every (view, head) run of a full look at a width x height frame: the whole frame (or
+        ROI) and the tiles with the full-range model ("far"), and the whole frame once more with
+        the close-up model ("near") when there is one. :meth:`detect` runs them all; the live
+        pipeline runs a few per frame, round robin."""
+        views = self._views(width, height)
+        runs = [(v, "far") for v in views]
+        if self.near is not None:  # close-up faces filling the frame: the short-range model's job
+            runs.append((views[0], "near"))
+        return runs
+
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Faces in an RGB uint8 (H, W, 3) frame, highest score first, frame-pixel coordinates."""
         frame = check_frame(frame, self.max_pixels)
         height, width = frame.shape[:2]
-        views = self._views(width, height)
-        runs = [(v, self.head) for v in views]
-        if self.near is not None:  # close-up faces filling the frame: the short-range model's job
-            runs.append((views[0], self.near))
-        found = [r for v, h in runs if (r := self._run_view(frame, v, h)) is not None]
+        return self.detect_views(frame, self.scan_cycle(width, height))
+
+    def detect_views(self, frame: np.ndarray, runs) -> list[Detection]:
+        """Faces found in the given ``(view, head)`` runs only (view: (x0, y0, x1, y1) frame
+        pixels; head: "far" or "near"), merged by weighted NMS; highest score first."""
+        frame = check_frame(frame, self.max_pixels)
+        height, width = frame.shape[:2]
+        heads = {"far": self.head, "near": self.near}
+        found = [r for v, h in runs if heads.get(h) is not None
+                 and (r := self._run_view(frame, v, heads[h])) is not None]
         if not found:
             return []
         boxes = np.concatenate([f[0] for f in found])

@@ -1,6 +1,14 @@
 """Fusing several embeddings of one person (the frames of a track, or a subject's enrolment
-images) into one probe vector. The live tracker and ``edge-lfr eval --track-size`` both call
-:func:`fuse_embeddings`, so what is measured is what runs.
+images) into one probe vector. The live tracker (weighted by face quality), ``edge-lfr eval
+lfw --track-size`` (same weights) and the Matcher with a score model (a subject's enrolment
+templates, unweighted) all call :func:`fuse_embeddings`, so what is measured is what runs.
+
+Measured on lfw-dev (``docs/accuracy.md``): fusing K = 3 images of a person into one probe
+cuts the misses at FPIR 0.01 to about a third of single images'; for enrolment, the fused
+template of 2-3 images misses clearly fewer listed people than keeping the templates apart
+and taking the best one (e.g. FNIR 0.10 vs 0.14 at M = 2, normalised scores), so templates
+are fused. Quality weights change nothing measurable on LFW (its faces are all usable);
+they are kept for live video, where frames differ far more.
 """
 from __future__ import annotations
 

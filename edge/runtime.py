@@ -76,6 +76,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _library_missing() -> str | None:
+    """Why the Coral runtime library cannot be loaded, or None when it can."""
+    import ctypes
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError:
+        return (f"{EDGETPU_LIBRARY} is not installed (Edge TPU runtime: apt install libedgetpu1-std, "
+                "see docs/coral.md)")
+    return None
+
+
 def _verified_bytes(models_dir: Path, entry: dict, name: str) -> tuple[Path, bytes]:
     path = Path(models_dir) / entry["file"]
     try:
@@ -130,14 +141,23 @@ def open_model(name: str, models_dir: str | os.PathLike | None = None, threads: 
     if prefer_edgetpu and isinstance(tpu, dict) and "file" in tpu:
         try:
             path, data = _verified_bytes(directory, tpu, name + " (edgetpu)")
-            delegate = load_delegate(EDGETPU_LIBRARY)
+            missing = _library_missing()
+            if missing:
+                raise OSError(missing)
+            try:
+                delegate = load_delegate(EDGETPU_LIBRARY)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise OSError(f"{EDGETPU_LIBRARY} is installed but no Edge TPU could be opened ({exc}); is the "
+                              "Coral plugged in (USB) or its driver loaded (PCIe), and may this user access it?"
+                              ) from None
             interp = Interpreter(model_content=data, experimental_delegates=[delegate], num_threads=threads)
             interp.allocate_tensors()
+            log.info("model %s: running %s on the Edge TPU", name, path.name)
             return LoadedModel(name, path, tpu["sha256"], entry, "edgetpu", "Edge TPU delegate loaded",
                                backend, interp)
         except (ModelError, OSError, ValueError, RuntimeError) as exc:
             reason = f"Edge TPU unavailable, running on CPU: {exc}"
-            log.warning("model %s: %s", name, reason)
+            log.warning("model %s: %s (CPU model %s)", name, reason, entry["file"])
     elif not prefer_edgetpu:
         reason = "Edge TPU disabled by configuration"
 

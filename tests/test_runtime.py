@@ -63,3 +63,87 @@ def test_edgetpu_build_falls_back_to_cpu_with_a_reason(model_copy, caplog):
     assert any("Edge TPU unavailable" in r.message for r in caplog.records)
     off = open_model("dlib_resnet_v1_int8", model_copy, prefer_edgetpu=False)
     assert off.delegate == "cpu" and "disabled" in off.delegate_reason
+
+
+def _with_edgetpu_entry(model_copy, name):
+    """Give manifest model ``name`` an Edge TPU build (a copy of its CPU file stands in for
+    edgetpu_compiler's output) and return (manifest, entry)."""
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    entry = manifest["models"][name]
+    tpu_file = entry["file"].replace(".tflite", "_edgetpu.tflite")
+    shutil.copy(model_copy / entry["file"], model_copy / tpu_file)
+    entry["edgetpu"] = {"file": tpu_file, "sha256": entry["sha256"], "source_sha256": entry["sha256"]}
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    return manifest, entry
+
+
+def test_int8_detector_with_edgetpu_build_falls_back_to_its_cpu_model(model_copy, caplog):
+    """No libedgetpu here: the int8 detector's CPU file is loaded, the reason names the missing
+    runtime library and is logged, and detection works as usual."""
+    import numpy as np
+    from edge.detect import FaceDetector
+    if "blazeface_full_range_int8" not in load_manifest(model_copy)["models"]:
+        pytest.skip("no int8 detector in the manifest")
+    _, entry = _with_edgetpu_entry(model_copy, "blazeface_full_range_int8")
+    caplog.set_level("WARNING", logger="edge.runtime")
+    m = open_model("blazeface_full_range_int8", model_copy)
+    assert m.delegate == "cpu" and m.path.name == entry["file"]
+    assert "Edge TPU unavailable" in m.delegate_reason and "libedgetpu.so.1" in m.delegate_reason
+    logged = [r.getMessage() for r in caplog.records if r.name == "edge.runtime"]
+    assert any("Edge TPU unavailable" in msg and entry["file"] in msg for msg in logged)
+    assert FaceDetector(m).detect(np.zeros((240, 320, 3), np.uint8)) == []
+
+
+def test_edgetpu_model_is_preferred_when_the_delegate_loads(model_copy, monkeypatch, caplog):
+    """With a loadable delegate (faked here) the *_edgetpu.tflite is opened with it."""
+    import edge.runtime as rt
+    _, entry = _with_edgetpu_entry(model_copy, "dlib_resnet_v1_int8")
+    Real, _, backend = rt._interpreter_api()
+    seen = {}
+
+    class FakeInterpreter(Real):
+        def __init__(self, model_content=None, experimental_delegates=None, num_threads=None):
+            seen["delegates"] = experimental_delegates
+            super().__init__(model_content=model_content, num_threads=num_threads)
+
+    def fake_load_delegate(library):
+        seen["library"] = library
+        return "coral-delegate"
+
+    monkeypatch.setattr(rt, "_interpreter_api", lambda: (FakeInterpreter, fake_load_delegate, backend))
+    monkeypatch.setattr(rt, "_library_missing", lambda: None)
+    caplog.set_level("INFO", logger="edge.runtime")
+    m = open_model("dlib_resnet_v1_int8", model_copy)
+    assert m.delegate == "edgetpu" and m.delegate_reason == "Edge TPU delegate loaded"
+    assert m.path.name == entry["edgetpu"]["file"]
+    assert seen == {"library": "libedgetpu.so.1", "delegates": ["coral-delegate"]}
+    assert any("on the Edge TPU" in r.getMessage() for r in caplog.records)
+    # prefer_edgetpu=False (config runtime.prefer_edgetpu) keeps it on the CPU file
+    off = open_model("dlib_resnet_v1_int8", model_copy, prefer_edgetpu=False)
+    assert off.delegate == "cpu" and off.path.name == entry["file"]
+
+
+def test_delegate_that_fails_to_open_a_device_falls_back_with_the_reason(model_copy, monkeypatch):
+    import edge.runtime as rt
+    _, entry = _with_edgetpu_entry(model_copy, "dlib_resnet_v1_int8")
+    Real, _, backend = rt._interpreter_api()
+
+    def no_device(library):
+        raise ValueError("Failed to load delegate from libedgetpu.so.1")
+
+    monkeypatch.setattr(rt, "_interpreter_api", lambda: (Real, no_device, backend))
+    monkeypatch.setattr(rt, "_library_missing", lambda: None)
+    m = open_model("dlib_resnet_v1_int8", model_copy)
+    assert m.delegate == "cpu" and m.path.name == entry["file"]
+    assert "no Edge TPU could be opened" in m.delegate_reason
+
+
+def test_altered_edgetpu_file_is_refused_and_the_cpu_model_used(model_copy):
+    _, entry = _with_edgetpu_entry(model_copy, "dlib_resnet_v1_int8")
+    tpu = model_copy / entry["edgetpu"]["file"]
+    data = bytearray(tpu.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    tpu.write_bytes(bytes(data))
+    m = open_model("dlib_resnet_v1_int8", model_copy)
+    assert m.delegate == "cpu" and m.path.name == entry["file"]
+    assert "refusing to load an altered" in m.delegate_reason
