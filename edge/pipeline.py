@@ -42,6 +42,7 @@ import numpy as np
 from . import alert as alerts
 from .errors import EdgeError
 from .quality import assess
+from .preview import preview_boxes
 from .track import EmbedRequest, Tracker, TrackParams, quality_weight
 from .types import Detection, Match, Quality
 
@@ -464,6 +465,7 @@ class Pipeline:
         self.first_frame = threading.Event()
         self._lock = threading.Lock()
         self._scan_cache: dict = {}
+        self.preview = None  # edge.preview.PreviewServer (the operator's screen), set by the service
 
     # -- control -----------------------------------------------------------------------------
 
@@ -675,6 +677,8 @@ class Pipeline:
                 log.error("detection failed on frame %d: %s", r.frame.seq, r.error)
         upd = self.tracker.update(r.frame.t, r.detections)
         self._snapshot = self.tracker.snapshot()
+        if self.preview is not None:  # every face not a current match is blurred there (edge/preview.py)
+            self.preview.update(r.frame.image, preview_boxes(r.detections, self.tracker))
         queued = 0
         for req in upd.embed_requests:
             if self.board.put_job(embed_job(req, r.frame)):

@@ -49,11 +49,18 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
              "; ".join(f"{k} on {v}" for k, v in rec.delegates.items()))
 
     unit = UnitWatchlist(cfg, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256))
+    from . import __version__
+    from .audit import ServiceAudit  # docs/privacy.md: purge, then the hash-chained audit log
+    sa = ServiceAudit.start(cfg, unit=unit, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256),
+                            version=__version__)
     try:
         live = unit.restore()
     except EdgeError as exc:
         live = None
         log.error("the stored watchlist could not be restored: %s", exc)
+        sa.restored(None, exc)
+    else:
+        sa.restored(live)
     if live is None:
         log.warning("no watchlist loaded: the unit runs but nothing can match until one is loaded "
                     "(edge-lfr watchlist load B.edgewl --config ...)")
@@ -64,12 +71,21 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
 
     holder: dict = {}
     publisher = AlertPublisher(cfg, health_source=lambda: holder["p"].health() if "p" in holder else {})
+    # officers' decisions: first one wins in the match records, acknowledged, and written to the audit log
+    from .adjudication import AdjudicationRecords
+    publisher.on_adjudication = sa.wrap_adjudication(AdjudicationRecords(publisher.outbox).record)
     source = open_source(cfg, path=source_path)
     log.info("camera: %s", source.describe())
     pipeline = Pipeline(cfg, source, watchlist=unit.current, sink=publisher.submit, unit_id=cfg.unit.id,
                         outbox_stats=lambda: {"outbox_pending": publisher.outbox.pending_count()},
-                        max_frames=max_frames, keep_events=0)
+                        max_frames=max_frames, keep_events=0, on_alert=sa.on_alert)
     holder["p"] = pipeline
+    preview = None
+    if cfg.privacy.preview_port:  # loopback only; faces that are not a current match blurred
+        from .preview import PreviewServer
+        preview = PreviewServer(cfg.privacy.preview_port, max_fps=cfg.privacy.preview_max_fps, unit_id=cfg.unit.id,
+                                mode=cfg.privacy.preview_mode)
+        pipeline.preview = preview.start()
     publisher.start()
     pipeline.start()
 
@@ -106,6 +122,7 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
                 line = pipeline.status_line()
                 log.info("%s", line)
                 notifier.status(line)
+            sa.tick(pipeline)
             stop.wait(0.2)
     finally:
         notifier.stopping("stopping")
@@ -122,5 +139,8 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
         rep = pipeline.report()
         say(f"edge-lfr run: {rep['frames_processed']} frames in {rep['seconds']:.1f} s ({rep['fps']} fps), "
             f"{rep['dropped_frames']} dropped, {rep['alerts']} alert(s)")
+        if preview is not None:
+            preview.close()
+        sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else "error"), pipeline)
         notifier.close()
     return code
