@@ -310,12 +310,19 @@ def run_bench(args) -> int:
             "accuracy": acc,
         }
         if soak and samples:
+            # RSS swings by +-15 MB with the frames in flight; compare the first and the last tenth
+            # of the samples after warm-up (means), and fit a line through all of them
             warm = [s for s in samples if s[0] >= min(2000, soak // 10)] or samples
-            first, last = warm[0], samples[-1]
-            result["soak"] = {"frames": rep["frames_processed"], "rss_start_mb": first[2],
-                              "rss_start_at_frame": first[0], "rss_end_mb": last[2],
-                              "rss_max_mb": max(x[2] for x in samples),
-                              "growth_pct": round(100.0 * (last[2] - first[2]) / max(first[2], 1e-9), 2)}
+            n = max(1, len(warm) // 10)
+            first = float(np.mean([x[2] for x in warm[:n]]))
+            last = float(np.mean([x[2] for x in warm[-n:]]))
+            slope = float(np.polyfit([x[0] for x in warm], [x[2] for x in warm], 1)[0]) if len(warm) > 2 else 0.0
+            result["soak"] = {"frames": rep["frames_processed"], "samples": len(samples),
+                              "rss_start_mb": round(first, 1), "rss_start_at_frame": warm[0][0],
+                              "rss_end_mb": round(last, 1), "rss_max_mb": max(x[2] for x in samples),
+                              "rss_min_mb": min(x[2] for x in warm),
+                              "trend_mb_per_100k_frames": round(slope * 1e5, 2),
+                              "growth_pct": round(100.0 * (last - first) / max(first, 1e-9), 2)}
             csv = getattr(args, "rss_csv", None)
             if csv:
                 Path(csv).write_text("frames,seconds,rss_mb\n" + "".join(f"{a},{b},{c}\n" for a, b, c in samples))
@@ -360,8 +367,10 @@ def format_report(r: dict) -> str:
                      f"(passes with one: {a['passes_with_false_alert']} of {a['passes']})")
     s = r.get("soak")
     if s:
-        lines.append(f"soak: {s['frames']} frames; RSS {s['rss_start_mb']:.0f} MB (frame {s['rss_start_at_frame']}) -> "
-                     f"{s['rss_end_mb']:.0f} MB at the end, max {s['rss_max_mb']:.0f} MB: growth {s['growth_pct']:+.2f}%")
+        lines.append(f"soak: {s['frames']} frames; RSS (mean of the first / last tenth of the samples after frame "
+                     f"{s['rss_start_at_frame']}) {s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB: growth "
+                     f"{s['growth_pct']:+.2f}%; samples {s['rss_min_mb']:.0f}-{s['rss_max_mb']:.0f} MB; fitted trend "
+                     f"{s['trend_mb_per_100k_frames']:+.1f} MB per 100,000 frames")
     ref = r.get("reference")
     if ref:
         ra = ref["accuracy"]
