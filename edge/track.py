@@ -24,6 +24,17 @@ Embedding budget
     embeddings and ``max_attempts`` attempts (the quality gate may refuse a face). The track's
     probe is :func:`edge.fusion.fuse_embeddings` of its embeddings weighted by quality.
 
+Verification (hand-over)
+    A box can pass from one person to the next: someone steps into the spot another has just
+    left, within a frame or two. Once a track's budget is spent (or its quality stops
+    improving) nothing would ever look at the face again, and the newcomer would inherit the
+    first person's identity and alert state: never embedded, never alerted, and shown as a
+    match they are not. So every embedded track is re-embedded at least every
+    ``verify_interval_seconds``, and at once when its box jumps (IoU with the prediction below
+    ``verify_jump_iou``); the embedding either joins the track (the best-weighted
+    ``max_embeds`` are kept) or, when it is another person, splits the track as above.
+    Verification is outside ``max_attempts``; its cost is one embedding per track per interval.
+
 Alerts
     :meth:`Tracker.should_alert` allows one alert per track per subject, and none for a
     subject within ``realert_cooldown_seconds`` of the previous alert for that subject from any
@@ -55,11 +66,13 @@ class TrackParams:
     max_attempts: int = 12
     embed_interval_seconds: float = 0.15
     min_improvement: float = 0.15
-    same_person_min_similarity: float = 0.88
+    same_person_min_similarity: float = 0.92
     reid_seconds: float = 2.0
     reid_min_similarity: float = 0.93
     realert_cooldown_seconds: float = 60.0
     max_tracks: int = 64
+    verify_interval_seconds: float = 1.0
+    verify_jump_iou: float = 0.3
 
     @classmethod
     def from_config(cls, cfg) -> "TrackParams":
@@ -75,6 +88,7 @@ class EmbedRequest:
     detection: Detection
     t: float
     prescore: float
+    verify: bool = False               # a check that the track still holds the same person
 
 
 @dataclass(frozen=True)
@@ -142,10 +156,17 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _likeness(e: np.ndarray, tr: "_Track") -> float:
+    """How much a new embedding looks like the track's person: its best cosine with the fused
+    probe or any one embedding (a face turning slowly stays close to its latest view)."""
+    sims = np.stack(tr.embeddings) @ e if tr.embeddings else np.empty(0, np.float32)
+    return float(max(float(e @ tr.fused), float(sims.max(initial=-1.0))))
+
+
 class _Track:
     __slots__ = ("key", "id", "first_seen", "last_seen", "box", "velocity", "hits", "embeddings", "weights",
                  "fused", "best_prescore", "crop", "crop_weight", "attempts", "pending", "last_attempt",
-                 "alerted", "started_at")
+                 "alerted", "started_at", "suspect")
 
     def __init__(self, key: int, track_id: int, det: Detection, t: float):
         self.key = key
@@ -165,6 +186,7 @@ class _Track:
         self.pending = False
         self.last_attempt = -math.inf
         self.alerted: set[str] = set()
+        self.suspect = False      # the box jumped: check the face before trusting the identity
 
     def state(self) -> TrackState:
         return TrackState(self.key, self.id, self.box, self.velocity, self.last_seen)
@@ -192,7 +214,8 @@ class Tracker:
         self._next_key = 0
         self._next_id = 1
         self.counts = {"tracks": 0, "embed_requests": 0, "embeddings": 0, "splits": 0, "continued": 0,
-                       "alerts": 0, "suppressed_cooldown": 0, "suppressed_track": 0, "over_max_tracks": 0}
+                       "alerts": 0, "suppressed_cooldown": 0, "suppressed_track": 0, "over_max_tracks": 0,
+                       "verifications": 0, "jumps": 0}
 
     # -- association -------------------------------------------------------------------------
 
@@ -236,6 +259,9 @@ class Tracker:
             used_d.add(di)
             tr = live[ti]
             d = dets[di]
+            if tr.fused is not None and _iou(tr.state().predict(t), d.box) < p.verify_jump_iou:
+                tr.suspect = True
+                self.counts["jumps"] += 1
             dt = t - tr.last_seen
             if dt > 0:
                 oc, nc = _centre(tr.box), _centre(d.box)
@@ -294,17 +320,21 @@ class Tracker:
 
     def _maybe_request(self, tr: _Track, det: Detection, t: float) -> EmbedRequest | None:
         p = self.p
-        if (tr.pending or tr.hits < p.min_hits or tr.attempts >= p.max_attempts
-                or len(tr.embeddings) >= p.max_embeds or t - tr.last_attempt < p.embed_interval_seconds):
+        if tr.pending or tr.hits < p.min_hits or t - tr.last_attempt < p.embed_interval_seconds:
             return None
         score = prescore(det)
-        if tr.embeddings and score < tr.best_prescore * (1.0 + p.min_improvement):
+        regular = (tr.attempts < p.max_attempts and len(tr.embeddings) < p.max_embeds
+                   and (not tr.embeddings or score >= tr.best_prescore * (1.0 + p.min_improvement)))
+        # a spent or idle track still looks again now and then (for a gated track: a retry)
+        verify = not regular and (tr.suspect or t - tr.last_attempt >= p.verify_interval_seconds)
+        if not (regular or verify):
             return None
         tr.pending = True
         tr.attempts += 1
         tr.last_attempt = t
         self.counts["embed_requests"] += 1
-        return EmbedRequest(tr.key, tr.id, det, t, score)
+        self.counts["verifications"] += verify
+        return EmbedRequest(tr.key, tr.id, det, t, score, verify)
 
     def embed_failed(self, key: int) -> None:
         """The attempt for this track produced no embedding (gated, or the job was dropped)."""
@@ -321,9 +351,10 @@ class Tracker:
         if tr is None:
             return None
         tr.pending = False
+        tr.suspect = False
         e = np.asarray(embedding, np.float32)
         split_from = continued = None
-        if tr.fused is not None and float(e @ tr.fused) < p.same_person_min_similarity:
+        if tr.fused is not None and _likeness(e, tr) < p.same_person_min_similarity:
             # two people's tracks crossed: what follows is another identity
             split_from = tr.id
             tr.id = self._new_id()
@@ -343,7 +374,7 @@ class Tracker:
                 self.counts["continued"] += 1
         tr.embeddings.append(e)
         tr.weights.append(max(1e-3, float(weight)))
-        if len(tr.embeddings) > p.max_embeds:  # keep the best-weighted ones (only after a continuation)
+        if len(tr.embeddings) > p.max_embeds:  # keep the best-weighted (after a verification or continuation)
             order = np.argsort(tr.weights)[::-1][:p.max_embeds]
             tr.embeddings = [tr.embeddings[i] for i in sorted(order)]
             tr.weights = [tr.weights[i] for i in sorted(order)]

@@ -151,6 +151,38 @@ def test_without_a_watchlist_it_runs_and_never_matches(recs, people, faces_dir):
     assert "none loaded" in pl.status_line()
 
 
+def test_someone_stepping_into_the_spot_another_just_left_is_recognised(recs, people, faces_dir, tmp_path):
+    """The hand-over: at two spots one person stands still, then another takes exactly the same
+    place from one frame to the next (no gap, same size), so the box never breaks. The newcomer
+    must be recognised as who they are - not inherit the first person's track, identity or
+    alert state."""
+    listed = [p for p in people if p.subject_id]
+    others = [p for p in people if not p.subject_id]
+    spots = [((0.3, 0.45), others[0], listed[0]),     # someone not listed, then a listed person
+             ((0.7, 0.45), listed[1], listed[2])]     # a listed person, then another
+    heads, actors = {}, []
+    for n, (xy, first, second) in enumerate(spots):
+        for j, (p, t0, t1) in enumerate(((first, 0.2, 3.2), (second, 3.2, 6.2))):
+            key = f"s{n}p{j}"
+            heads[key] = p.head
+            actors.append(Actor(p.label, key, p.subject_id, t0, t1, (xy, xy), 120))
+    scene = Scene(heads, actors, size=(1280, 720), fps=15.0, duration=6.4,
+                  background=faces_dir / "video" / "vtest.avi")
+    tu = ThrowawayUnit(tmp_path / "unit", "van-handover")
+    bundle, _ = tu.sign(people, recs[0])
+    unit = tu.unit()
+    unit.load(bundle)
+    pl = Pipeline(tu.config, ComposedSource(scene, pace="fast"), watchlist=unit.current, unit_id="van-handover",
+                  recognizers=recs)
+    rep = pl.run()
+    got = sorted((ev.subject_id, _attribute(scene, ev).label) for ev in pl.events)
+    want = sorted((p.subject_id, p.label) for p in (listed[0], listed[1], listed[2]))
+    assert got == want, f"expected one alert for each listed person at their own face, got {got}; {rep['tracker']}"
+    assert rep["tracker"]["splits"] >= 2                       # both spots changed hands
+    newcomers = [ev for ev in pl.events if ev.subject_id in (listed[0].subject_id, listed[2].subject_id)]
+    assert all(ev.t - 3.2 <= 1.6 for ev in newcomers), [ev.t for ev in newcomers]  # within a verify interval
+
+
 # --- the bounded queue --------------------------------------------------------------------
 
 def _frame(i):

@@ -88,7 +88,12 @@ def test_no_embedding_before_min_hits_and_budget_is_bounded():
             tr.add_embedding(r.key, person(1), 1.0, r.t, prescore_value=r.prescore)
     first = [i for i, u in enumerate(ups) if u.embed_requests]
     assert first[0] == 2  # the third detection
-    assert sum(len(u.embed_requests) for u in ups) == 3
+    regular = [r for u in ups for r in u.embed_requests if not r.verify]
+    checks = [r for u in ups for r in u.embed_requests if r.verify]
+    assert len(regular) == 3
+    # after the budget only the periodic identity check: one per verify_interval (1 s) of 4 s
+    assert 1 <= len(checks) <= 4
+    assert all(b.t - a.t >= p.verify_interval_seconds - 1e-9 for a, b in zip(checks, checks[1:]))
     assert len(next(iter(tr.tracks.values())).embeddings) == 3
 
 
@@ -99,8 +104,9 @@ def test_embedding_only_when_quality_improves():
     for i in range(30):  # constant size and pose: nothing gets better after the first
         for r in tr.update(i / 15, [det(100 + 5 * i, 300, 80)]).embed_requests:
             tr.add_embedding(r.key, person(2), 1.0, r.t, prescore_value=r.prescore)
-            n += 1
+            n += not r.verify
     assert n == 1
+    assert tr.counts["verifications"] == 1  # 2 s: the identity is checked once more after 1 s
 
 
 def test_gated_attempts_are_retried_within_the_attempt_budget():
@@ -110,8 +116,9 @@ def test_gated_attempts_are_retried_within_the_attempt_budget():
     for i in range(30):
         for r in tr.update(i / 15, [det(100 + 5 * i, 300)]).embed_requests:
             tr.embed_failed(r.key)  # e.g. the quality gate said "blurred"
-            n += 1
+            n += not r.verify
     assert n == 4
+    assert tr.counts["verifications"] == 1  # then a slow retry (once a second) in case the face turns
 
 
 def test_one_alert_per_track_per_subject():
@@ -270,4 +277,60 @@ def test_three_second_pass_gives_one_alert_at_any_frame_rate(fps):
     emb = person(13)
     assert serve(tr, emb, frames=3 * fps, fps=fps, speed=300.0, grow=30.0 / fps) == 1
     assert tr.counts["tracks"] == 1
-    assert tr.counts["embeddings"] <= TrackParams().max_embeds
+    assert len(next(iter(tr.tracks.values())).embeddings) <= TrackParams().max_embeds
+    assert tr.counts["embed_requests"] <= TrackParams().max_embeds + 3  # + one identity check a second
+
+
+def _stand(tr, t0, t1, fps, emb, subject, box=(400, 300, 90), seed=0, alerts=None):
+    """Someone standing still at ``box`` from t0 to t1, every request answered at once."""
+    for i in range(int(round((t1 - t0) * fps))):
+        t = t0 + i / fps
+        for r in tr.update(t, [det(*box)]).embed_requests:
+            out = tr.add_embedding(r.key, near(emb, 0.1, seed + i), quality_weight(Q), t,
+                                   crop=np.full((4, 4, 3), seed % 255, np.uint8), prescore_value=r.prescore)
+            if out is not None and float(out.probe @ emb) >= 0.9 and tr.should_alert(r.key, subject, t):
+                alerts.append((subject, out.track_id, t))
+
+
+def test_someone_stepping_into_the_spot_another_left_is_a_new_person():
+    # A stands at a spot long enough to spend the budget, then B takes exactly the same spot
+    # within one frame: the box never breaks, so only the face can tell
+    tr = Tracker()
+    alerts = []
+    a, b = person(20), person(21)
+    _stand(tr, 0.0, 4.0, 15, a, "SA", seed=1, alerts=alerts)
+    key = next(iter(tr.tracks))
+    a_id = tr.track_id(key)
+    assert alerts == [("SA", a_id, alerts[0][2])]
+    _stand(tr, 4.0, 7.0, 15, b, "SB", seed=101, alerts=alerts)
+    assert tr.counts["splits"] == 1
+    assert len(alerts) == 2
+    subject, b_id, t_b = alerts[1]
+    assert subject == "SB" and b_id != a_id                    # B alerts as B, on a new identity
+    assert t_b - 4.0 <= TrackParams().verify_interval_seconds + 0.15
+    assert float(tr.tracks[key].fused @ a) < 0.5                # nothing of A is left in the probe
+    assert tr.crop(key)[0, 0, 0] != 1                          # nor A's crop
+
+
+def test_a_jumping_box_is_checked_at_once():
+    tr = Tracker(TrackParams(min_hits=1, embed_interval_seconds=0.0, verify_interval_seconds=30.0))
+    reqs = []
+    for i in range(10):
+        reqs += tr.update(i / 15, [det(400, 300, 90)]).embed_requests
+        for r in reqs[-1:]:
+            if tr.tracks[r.key].pending:
+                tr.add_embedding(r.key, person(24), 1.0, r.t, prescore_value=r.prescore)
+    n = len(reqs)
+    up = tr.update(10 / 15, [det(455, 300, 90)])    # same track (within a face width), little overlap
+    assert tr.counts["jumps"] == 1
+    assert [r.verify for r in up.embed_requests] == [True] and n == 1
+
+
+def test_identity_checks_of_the_same_person_keep_the_track_and_its_alert():
+    tr = Tracker()
+    alerts = []
+    emb = person(25)
+    _stand(tr, 0.0, 20.0, 15, emb, "S", seed=9, alerts=alerts)
+    assert len(alerts) == 1 and tr.counts["splits"] == 0
+    assert 15 <= tr.counts["verifications"] <= 21              # about one a second, not one a frame
+    assert len(next(iter(tr.tracks.values())).embeddings) == TrackParams().max_embeds
