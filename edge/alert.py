@@ -91,7 +91,7 @@ ALERT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["schema_version", "event_id", "unit_id", "operation_id", "bundle_id", "bundle_serial",
                  "subject_id", "category", "score", "threshold", "margin", "track_id", "first_seen",
-                 "alerted_at", "probe_jpeg", "reference_jpeg", "model_sha256"],
+                 "alerted_at", "probe_jpeg", "reference_jpeg", "model_sha256", "calibrated"],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION, "description": "version of this schema"},
         "event_id": {"type": "string", "format": "uuid", "pattern": _UUID,
@@ -108,9 +108,37 @@ ALERT_SCHEMA: dict[str, Any] = {
                        "description": "watchlist subject matched"},
         "category": {"enum": list(CATEGORIES), "description": "the subject's watchlist category"},
         "score": {"type": "number", "minimum": -1, "maximum": 1,
-                  "description": "cosine similarity of the probe to the subject's best template"},
+                  "description": "the match score. With score normalisation (match.score_normalisation, the "
+                                 "default; 'calibrated' present) the calibrated score -log10(FMR)/10 in [0, 1]: "
+                                 "0.5 = one comparison between strangers in 100,000 scores this high. Without it, "
+                                 "the cosine similarity of the probe to the subject's best template"},
         "threshold": {"type": "number", "minimum": -1, "maximum": 1,
-                      "description": "alert threshold in force for this subject"},
+                      "description": "alert threshold in force for this subject, on the same scale as score"},
+        "calibrated": {
+            "type": ["object", "null"], "additionalProperties": False,
+            "required": ["fmr", "expected_fpir", "watchlist_size", "target_fpir", "supported", "calibration"],
+            "description": "what the score means, from the calibration shipped with the model "
+                           "(edge.threshold_policy); null when score normalisation is off (raw cosine)",
+            "properties": {
+                "fmr": {"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "fraction of strangers (people on no list) scoring at least this high "
+                                       "against this one subject"},
+                "expected_fpir": {"type": "number", "minimum": 0, "maximum": 1,
+                                  "description": "fraction of passers-by on no list expected to score at least this "
+                                                 "high against the whole loaded list"},
+                "watchlist_size": {"type": "integer", "minimum": 1, "maximum": 10000000,
+                                   "description": "subjects in the loaded list"},
+                "target_fpir": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "the operator's false-alarm target (match.target_fpir) the "
+                                               "threshold was set from"},
+                "supported": {"type": "boolean",
+                              "description": "false when the rate is rarer than the calibration measured "
+                                             "(it rests on the extrapolated tail)"},
+                "calibration": {"type": "string", "maxLength": 400,
+                                "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+                                "description": "where the calibration comes from"},
+            },
+        },
         "margin": {"type": ["number", "null"], "minimum": -2, "maximum": 2,
                    "description": "score minus the best score of a different subject (the runner-up); "
                                   "null when the watchlist holds a single subject"},
@@ -410,13 +438,15 @@ class AlertContext:
 
 def build_alert(match: Match, context: AlertContext, *, track_id: int, first_seen: float | datetime,
                 probe_crop: np.ndarray | bytes, reference: np.ndarray | bytes, max_image_bytes: int,
-                alerted_at: float | datetime | None = None, event_id: str | None = None) -> dict:
+                alerted_at: float | datetime | None = None, event_id: str | None = None,
+                calibrated: Mapping[str, Any] | None = None) -> dict:
     """The alert dict for one match (validated against :data:`ALERT_SCHEMA`).
 
     ``probe_crop`` is the face crop of the probe (e.g. ``Face.chip``, RGB uint8) and
     ``reference`` the subject's watchlist reference image (RGB array or JPEG/PNG bytes); both
-    are re-encoded as JPEGs of at most ``max_image_bytes``. A match below its threshold is
-    refused: only match events leave the unit.
+    are re-encoded as JPEGs of at most ``max_image_bytes``. ``calibrated``: the score's
+    calibrated meaning (``Matcher.meaning(match)``), carried when given. A match below its
+    threshold is refused: only match events leave the unit.
     """
     if not match.is_hit:
         raise AlertError(f"not a match (score {match.score:.3f} < threshold {match.threshold:.3f}): "
@@ -443,6 +473,7 @@ def build_alert(match: Match, context: AlertContext, *, track_id: int, first_see
         "reference_jpeg": base64.b64encode(jpeg_capped(reference, max_image_bytes)).decode("ascii"),
         "model_sha256": context.model_sha256,
     }
+    alert["calibrated"] = dict(calibrated) if calibrated is not None else None
     return validate_alert(alert, max_image_bytes)
 
 

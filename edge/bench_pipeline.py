@@ -114,22 +114,70 @@ def _fr_encode_largest(face_recognition, image):
     return face_recognition.face_encodings(image, [big])[0]
 
 
-def matched_tolerance(face_recognition, recognizer, shared, threshold: float, n: int = 400, seed: int = 9) -> dict | None:
-    """face_recognition's distance tolerance with the same false-match rate as our cosine
-    ``threshold``, measured on the same non-mated pairs (``n`` one-photo LFW identities, all
-    pairs). Comparing the two at their own defaults would compare two operating points."""
+class UnitScore:
+    """How the unit scores one face against one listed face, and the threshold it applies, for a
+    list of ``n_listed`` people under ``cfg.match``: the calibrated cohort-normalised score and
+    the threshold of the target FPIR (default), or the raw cosine and ``threshold_wanted``."""
+
+    def __init__(self, cfg, n_listed: int):
+        from .threshold_policy import ThresholdPolicy
+        self.cfg, self.n = cfg, int(n_listed)
+        self.model = None
+        if cfg.match.score_normalisation:
+            from .normalise import load_score_model
+            self.model = load_score_model(cfg.runtime.models_dir or None)
+            self.policy = ThresholdPolicy(self.model.calibration, float(cfg.match.target_fpir), self.n)
+            self.threshold = self.policy.threshold
+            self.scale = "calibrated score"
+        else:
+            self.threshold = float(cfg.match.threshold_wanted)
+            self.scale = "cosine"
+
+    def pair_scores(self, emb: np.ndarray) -> np.ndarray:
+        """Scores of every pair i < j of the unit rows ``emb`` (M, D), in np.triu_indices order."""
+        iu = np.triu_indices(len(emb), 1)
+        s = (emb @ emb.T).astype(np.float64)
+        if self.model is None:
+            return s[iu]
+        m = self.model
+        mu, sd = m.cohort_stats(emb)
+        t = ((s - mu[None, :]) / sd[None, :] + (s - mu[:, None]) / sd[:, None] + (s - m.mu0) / m.sd0) / 3.0
+        return np.asarray(m.calibration.score(t[iu]), np.float64)
+
+    def config_at(self, threshold: float):
+        """``cfg`` with the unit's threshold moved to ``threshold`` (on this score's scale)."""
+        from .config import validate
+        from .match import fpir_for_fmr
+        from .threshold_policy import SCORE_DECADES
+        d = self.cfg.as_dict()
+        if self.model is None:
+            d["match"].update({f"threshold_{c}": float(threshold) for c in ("wanted", "missing", "vulnerable")})
+        else:
+            fpir = fpir_for_fmr(min(1.0, 10.0 ** (-SCORE_DECADES * float(threshold))), self.n)
+            d["match"]["target_fpir"] = float(min(0.5, max(1e-9, fpir)))
+        return validate(d)
+
+
+def matched_tolerance(face_recognition, recognizer, shared, unit_score: "UnitScore", n: int = 400,
+                      seed: int = 9) -> dict | None:
+    """face_recognition's distance tolerance with the same false-match rate as the unit's
+    threshold, and the unit's threshold with the false-match rate of face_recognition's default
+    tolerance, both measured on the same non-mated pairs: the first photo of ``n`` LFW people
+    with several photos (never the single-photo people of the shipped background cohort, which
+    the unit's score would see in-sample). Comparing the two at their own defaults would
+    compare two operating points."""
     from .composer import _lfw_identities
     from .images import load_image
     lfw = Path(shared) / "lfw-dev" if shared else None
     if not lfw or not lfw.is_dir():
         return None
-    _, single = _lfw_identities(lfw)
+    multi, _ = _lfw_identities(lfw)
     rng = np.random.default_rng(seed)
     ours, theirs = [], []
-    for i in rng.permutation(len(single)):
+    for i in rng.permutation(len(multi)):
         if len(ours) >= n:
             break
-        img = load_image(single[i][0])
+        img = load_image(multi[i][0])
         try:
             a = recognizer.embed_image(img)
         except InputError:
@@ -141,20 +189,22 @@ def matched_tolerance(face_recognition, recognizer, shared, threshold: float, n:
         theirs.append(b)
     A, B = np.stack(ours), np.stack(theirs)
     iu = np.triu_indices(len(A), 1)
-    cos = (A @ A.T)[iu]
+    score = unit_score.pair_scores(A)
+    threshold = float(unit_score.threshold)
     dist = np.sqrt(np.maximum(0.0, (B * B).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * B @ B.T))[iu]
-    fmr = float(np.mean(cos >= threshold))
+    fmr = float(np.mean(score >= threshold))
     k = int(round(fmr * dist.size))
     tol = float(np.sort(dist)[k - 1]) if k > 0 else float(dist.min()) * 0.999
     fr_fmr = float(np.mean(dist <= FR_TOLERANCE))
-    k2 = int(round(fr_fmr * cos.size))
-    ours_at_fr = float(np.sort(cos)[::-1][k2 - 1]) if k2 > 0 else float(cos.max()) + 1e-6
-    return {"pairs": int(dist.size), "our_threshold": threshold, "our_fmr": fmr, "false_matches": k,
-            "tolerance": round(tol, 4), "default_tolerance_fmr": fr_fmr,
+    k2 = int(round(fr_fmr * score.size))
+    ours_at_fr = float(np.sort(score)[::-1][k2 - 1]) if k2 > 0 else float(score.max()) + 1e-6
+    return {"pairs": int(dist.size), "scale": unit_score.scale, "our_threshold": round(threshold, 4),
+            "our_fmr": fmr, "false_matches": k, "tolerance": round(tol, 4), "default_tolerance_fmr": fr_fmr,
             "our_threshold_at_default_tolerance_fmr": round(ours_at_fr, 4)}
 
 
-def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None, threshold: float = 0.95) -> dict | None:
+def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None,
+               unit_score: "UnitScore | None" = None) -> dict | None:
     try:
         import face_recognition
     except ImportError:
@@ -201,9 +251,9 @@ def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None, 
            "faces_found_per_frame": round(faces / max(1, len(times)), 2), "enrolled": len(names),
            "accuracy": score_passes(scene, [(t, b, s) for t, b, s, d in found if d <= FR_TOLERANCE], sampled),
            "tolerance": FR_TOLERANCE}
-    if recognizer is not None:
+    if recognizer is not None and unit_score is not None:
         say("  calibrating: face_recognition tolerance with our false-match rate (LFW non-mated pairs) ...")
-        cal = matched_tolerance(face_recognition, recognizer, shared, threshold)
+        cal = matched_tolerance(face_recognition, recognizer, shared, unit_score)
         if cal:
             out["matched"] = cal
             out["accuracy_matched"] = score_passes(scene, [(t, b, s) for t, b, s, d in found
@@ -211,19 +261,14 @@ def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None, 
     return out
 
 
-def _run_ours(tu, bundle: bytes, scene, recs, state: Path, *, pace: str, soak: int, say, threshold=None):
-    """One pipeline run on the scene with the bundle loaded (optionally at another threshold).
-    Returns (report, alert events, RSS samples, RSS figures)."""
+def _run_ours(tu, bundle: bytes, scene, recs, state: Path, *, pace: str, soak: int, say, cfg=None):
+    """One pipeline run on the scene with the bundle loaded (``cfg``: another configuration,
+    e.g. another threshold). Returns (report, alert events, RSS samples, RSS figures)."""
     from .composer import ComposedSource
-    from .config import validate
     from .outbox import Outbox
     from .pipeline import OutboxSink, Pipeline, process_rss_bytes
     from .unit_watchlist import UnitWatchlist
-    cfg = tu.config
-    if threshold is not None:
-        d = cfg.as_dict()
-        d["match"].update({f"threshold_{c}": float(threshold) for c in ("wanted", "missing", "vulnerable")})
-        cfg = validate(d)
+    cfg = cfg if cfg is not None else tu.config
     unit = UnitWatchlist(cfg, model_sha256=recs[0].embedder.model.spec.get("sha256", recs[0].model_sha256),
                          state_dir=state, device_key=tu.device)
     unit.load(bundle)
@@ -291,6 +336,7 @@ def run_bench(args) -> int:
         say(f"setup {time.monotonic() - t_setup:.1f} s; running the pipeline ({len(recs)} workers, frames "
             f"{'paced at ' + format(scene.fps, 'g') + ' fps like a camera' if pace == 'realtime' else 'as fast as it takes them'})"
             + (f" for {soak} frames (soak)" if soak else "") + " ...")
+        unit_score = UnitScore(tu.config, len(listed))
         rep, events, samples, rss = _run_ours(tu, bundle, scene, recs, tmp / "run-1", pace=pace, soak=soak, say=say)
         hits = [(e.t % scene.duration if soak else e.t, e.box, e.subject_id) for e in events]
         acc = score_passes(scene, hits) if not soak else None
@@ -301,7 +347,9 @@ def run_bench(args) -> int:
                      "background": str(scene.background.name) if scene.background else "plain"},
             "pace": pace,
             "models": recs[0].delegates,
-            "threshold": float(cfg.match.threshold_wanted),
+            "threshold": round(float(unit_score.threshold), 4),
+            "score": unit_score.scale + (f" (target FPIR {cfg.match.target_fpir:g} with {len(listed)} listed)"
+                                         if cfg.match.score_normalisation else ""),
             "pipeline": {k: rep[k] for k in ("frames_processed", "dropped_frames", "seconds", "fps", "workers",
                                              "alerts", "tracks", "views_per_frame", "gated")},
             "stages": rep["stages"],
@@ -329,8 +377,7 @@ def run_bench(args) -> int:
         ref = None
         if not soak and not getattr(args, "no_reference", False):
             say(f"reference: face_recognition on {args.reference_frames} frames of the same clip ...")
-            ref = _reference(people, scene, int(args.reference_frames), say, recs[0], shared,
-                             float(cfg.match.threshold_wanted))
+            ref = _reference(people, scene, int(args.reference_frames), say, recs[0], shared, unit_score)
         result["reference"] = ref
         if ref:
             result["ratio_fps"] = round(rep["fps"] / ref["fps"], 1)
@@ -339,7 +386,7 @@ def run_bench(args) -> int:
                 t = m["our_threshold_at_default_tolerance_fmr"]
                 say(f"edge-lfr again at threshold {t} (the false-match rate of face_recognition's default) ...")
                 _, ev2, _, _ = _run_ours(tu, bundle, scene, recs, tmp / "run-2", pace="fast", soak=0, say=say,
-                                         threshold=t)
+                                         cfg=unit_score.config_at(t))
                 result["accuracy_at_reference_fmr"] = score_passes(scene, [(e.t, e.box, e.subject_id) for e in ev2])
     say(format_report(result))
     out = getattr(args, "out", None)
@@ -362,7 +409,8 @@ def format_report(r: dict) -> str:
                  f"(after the run {r['rss_mb']['after_run']:.0f} MB)")
     a = r.get("accuracy")
     if a:
-        lines.append(f"alerts: {a['alerts']}; listed passes {a['listed_passes']}: found {a['found']} "
+        lines.append(f"alerts at threshold {r.get('threshold')} ({r.get('score', 'cosine')}): {a['alerts']}; "
+                     f"listed passes {a['listed_passes']}: found {a['found']} "
                      f"(exactly once {a['exactly_once']}), missed {a['missed']}; false alerts {a['false_alerts']} "
                      f"(passes with one: {a['passes_with_false_alert']} of {a['passes']})")
     s = r.get("soak")
@@ -383,7 +431,8 @@ def format_report(r: dict) -> str:
         m = ref.get("matched")
         if m:
             rm = ref["accuracy_matched"]
-            lines.append(f"  at tolerance {m['tolerance']} (same false-match rate as our threshold {m['our_threshold']}: "
+            lines.append(f"  at tolerance {m['tolerance']} (same false-match rate as our threshold {m['our_threshold']} "
+                         f"({m.get('scale', 'cosine')}): "
                          f"{m['our_fmr']:.2e} on {m['pairs']} LFW non-mated pairs; its default 0.6 gives "
                          f"{m['default_tolerance_fmr']:.2e}): found {rm['found']} of {rm['listed_passes']}, "
                          f"false matches {rm['false_alerts']}")

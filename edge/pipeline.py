@@ -755,7 +755,7 @@ class Pipeline:
             try:
                 a = alerts.build_alert(job.match, ctx, track_id=job.track_id, first_seen=job.first_seen_wall,
                                        probe_crop=job.crop, reference=ref if ref else _placeholder_reference(),
-                                       max_image_bytes=max_bytes)
+                                       max_image_bytes=max_bytes, calibrated=job.live.matcher.meaning(job.match))
                 seq = self.sink(a) if self.sink is not None else None
             except EdgeError as exc:
                 self.counts["alerts_failed"] += 1

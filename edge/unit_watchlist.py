@@ -47,6 +47,8 @@ from .bundle_errors import (BundleError, BundleExpiredError, BundleModelMismatch
 from .errors import ConfigError, EdgeError
 from .keys import DeviceKey, TrustStore, check_unit_id, load_device_key, load_trust, read_passphrase
 from .match import Matcher
+from .normalise import load_score_model
+from .threshold_policy import build_matcher
 from .types import CATEGORIES
 from .utc import format_utc, parse_canonical
 
@@ -125,7 +127,8 @@ class UnitWatchlist:
     def __init__(self, config, *, model_sha256: str, embedding_dim: int = 128,
                  device_key: DeviceKey | None = None, trust: TrustStore | None = None,
                  state_dir: str | os.PathLike | None = None, now: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, boot_id: Callable[[], str] = _boot_id):
+                 monotonic: Callable[[], float] = time.monotonic, boot_id: Callable[[], str] = _boot_id,
+                 score_model=None):
         self.config = config
         unit_id = config.unit.id or (device_key.unit_id if device_key else "")
         self.unit_id = check_unit_id(unit_id, "unit.id (this unit's id)", ConfigError)
@@ -137,6 +140,7 @@ class UnitWatchlist:
         self.skew = int(config.watchlist.clock_skew_seconds)
         self.trusted_clock = bool(config.watchlist.trusted_clock)
         self.thresholds = {c: float(getattr(config.match, f"threshold_{c}")) for c in CATEGORIES}
+        self._score_model = score_model
         self._device = device_key
         self._trust = trust
         self.dir = Path(state_dir or config.unit.state_dir) / "watchlist"
@@ -313,9 +317,19 @@ class UnitWatchlist:
 
     # ---- loading ----------------------------------------------------------------------------
 
+    def _matcher(self, bundle: Bundle) -> Matcher:
+        """The matcher ``config.match`` asks for (edge.threshold_policy.build_matcher): by default
+        the cohort-normalised calibrated score with the threshold for ``match.target_fpir`` at this
+        list's size; the shipped score model is loaded (sha256-checked) once, on first use."""
+        if not self.config.match.score_normalisation:
+            return bundle.matcher(self.thresholds)
+        if self._score_model is None:
+            self._score_model = load_score_model(self.config.runtime.models_dir or None)
+        return build_matcher(bundle.watchlist(), self.config, self._score_model)
+
     def _make_live(self, v: Verified, loaded_at: int, deadline: float | None) -> LoadedList:
         b = v.bundle
-        return LoadedList(b.manifest, b.matcher(self.thresholds), b.thumbnails, b.signer.name, b.signer.key_id,
+        return LoadedList(b.manifest, self._matcher(b), b.thumbnails, b.signer.name, b.signer.key_id,
                           b.file_sha256,
                           loaded_at, v.clock_verified, deadline)
 

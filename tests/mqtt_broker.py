@@ -58,12 +58,17 @@ REFERENCE = np.full((200, 160, 3), 128, np.uint8)
 REFERENCE[40:160, 30:130] = (200, 150, 120)
 
 
+#: a calibrated meaning as the unit's default matcher gives it (edge.threshold_policy)
+CALIBRATED = {"fmr": 3.16e-07, "expected_fpir": 0.000261, "watchlist_size": 826, "target_fpir": 0.001,
+              "supported": True, "calibration": "lfw-dev (3554 identities), cross-fitted"}
+
+
 def make_alert(unit: str = UNIT, n: int = 0, **kw) -> dict:
     match = Match(subject_id=f"S{n:05d}", category="wanted", score=0.91, threshold=0.8, margin=0.12, index=n)
     ctx = AlertContext(unit, "op-2025-001", "bundle-7", 7, SHA)
     now = time.time()
     args = dict(track_id=n, first_seen=now - 1.5, probe_crop=PROBE, reference=REFERENCE,
-                max_image_bytes=8192, alerted_at=now)
+                max_image_bytes=8192, alerted_at=now, calibrated=CALIBRATED)
     args.update(kw)
     return build_alert(match, ctx, **args)
 

@@ -66,6 +66,12 @@ def _mutations():
     yield "schema version true", lambda a: a.update(schema_version=True)
     yield "image not base64", lambda a: a.update(probe_jpeg="!!!!")
     yield "control character in subject", lambda a: a.update(subject_id="S\n1")
+    yield "calibrated not an object", lambda a: a.update(calibrated="1 in 1000")
+    yield "calibrated rate as string", lambda a: a["calibrated"].update(expected_fpir="often")
+    yield "calibrated rate above 1", lambda a: a["calibrated"].update(fmr=2.0)
+    yield "calibrated field missing", lambda a: a["calibrated"].pop("target_fpir")
+    yield "calibrated extra field", lambda a: a["calibrated"].update(faces_seen=12)
+    yield "calibrated empty list", lambda a: a["calibrated"].update(watchlist_size=0)
 
 
 @pytest.mark.parametrize("what, mutate", list(_mutations()), ids=[w for w, _ in _mutations()])

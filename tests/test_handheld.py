@@ -47,7 +47,7 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 from edge.adjudication import AdjudicationRecords  # noqa: E402
-from edge.alert import ADJUDICATION_SCHEMA_V2, AlertContext, build_alert, check, encode  # noqa: E402
+from edge.alert import ADJUDICATION_SCHEMA_V2, AlertContext, AlertError, build_alert, check, encode  # noqa: E402
 from edge.config import validate  # noqa: E402
 from edge.localbroker import LOOPBACK, BrokerError, Mosquitto, deploy_dir, free_port, make_certs, need  # noqa: E402
 from edge.mqtt_client import AlertPublisher, Subscriber  # noqa: E402
@@ -152,14 +152,14 @@ def faces() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def handheld_alert(category: str = "wanted", n: int = 0, *, score: float = 0.87, threshold: float = 0.80,
-                   margin: float = 0.12) -> dict:
+                   margin: float = 0.12, calibrated: dict | None = None) -> dict:
     probe, reference = faces()[category]
     match = Match(subject_id=f"{category[0].upper()}-{1000 + n}", category=category, score=score,
                   threshold=threshold, margin=margin, index=n)
     now = time.time()
     return build_alert(match, AlertContext(UNIT, "op-2025-001", "bundle-7", 7, SHA), track_id=n,
                        first_seen=now - 2.0, probe_crop=probe, reference=reference, max_image_bytes=32768,
-                       alerted_at=now)
+                       alerted_at=now, calibrated=calibrated)
 
 
 # --- the rig: broker, static site, unit, browser ---------------------------------------
@@ -725,6 +725,24 @@ def test_publish_to_visible_latency_on_loopback(rig, page):
     p50, p95 = statistics.median(visible), _percentile(visible, 95)
     print(f"\nhandheld publish -> visible over {len(lat)} alerts: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
     assert p50 < 1.0 and p95 < 3.0, lat
+
+
+def test_a_calibrated_alert_says_how_rare_its_score_is_among_strangers(rig, page):
+    # the unit's default: calibrated score -log10(FMR)/10 with its meaning for this list
+    cal = {"fmr": 3.16e-7, "expected_fpir": 0.000261, "watchlist_size": 826, "target_fpir": 0.001,
+           "supported": True, "calibration": "lfw-dev, cross-fitted"}
+    a = handheld_alert("wanted", 7, score=0.65, threshold=0.56, margin=0.2, calibrated=cal)
+    rig.submit(a)
+    rig.wait_visible(page, a["event_id"])
+    card = rig.card(page, a["event_id"])
+    assert card.locator(".meaning").inner_text() == "Possible match — verify"
+    assert card.locator(".detail").inner_text() == ("About 1 in 3,800 passers-by not on the list would match this "
+                                                    "well (alerts set for 1 in 1,000; 826 listed).")
+    # a malformed meaning never leaves the unit
+    bad = handheld_alert("wanted", 8, calibrated=cal)
+    bad["calibrated"] = {**cal, "expected_fpir": "often"}
+    with pytest.raises(AlertError, match="expected_fpir"):
+        rig.submit(bad)
 
 
 # --- the benchmark -----------------------------------------------------------------------

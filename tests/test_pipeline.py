@@ -115,6 +115,12 @@ def test_alerts_in_the_outbox_are_valid_and_only_about_matches(e2e):
         assert a["bundle_id"] == live.manifest.bundle_id and a["bundle_serial"] == live.manifest.serial
         assert a["subject_id"] in subjects and a["score"] >= a["threshold"]
         assert a["model_sha256"] == live.manifest.model_sha256
+        # the unit's matcher: calibrated scores, the threshold for target FPIR 0.001 at this list's size
+        cal = a["calibrated"]
+        assert cal["watchlist_size"] == len(subjects) and cal["target_fpir"] == 0.001
+        assert a["threshold"] == pytest.approx(live.matcher.policy.threshold, abs=1e-6)
+        assert cal["fmr"] == pytest.approx(10 ** (-10 * a["score"]), rel=0.01)
+        assert cal["expected_fpir"] <= cal["target_fpir"]
         probe, ref = alerts.alert_images(a)
         assert probe[:3] == b"\xff\xd8\xff" and ref[:3] == b"\xff\xd8\xff"
     assert {json.loads(r.payload)["event_id"] for r in rows} == {e.event_id for e in pl.events}

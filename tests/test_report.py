@@ -163,8 +163,11 @@ def test_figures(dep):
         assert r["by_category"][cat] == {"alerts": len(mine), **{o: mine.count(o) for o in
                                                                  ("confirmed", "rejected", "not_located")}}
     assert r["by_category"]["wanted"] == {"alerts": 4, "confirmed": 2, "rejected": 0, "not_located": 1}
-    assert r["thresholds"] == {"wanted": 0.95, "missing": 0.95, "vulnerable": 0.95}
-    assert r["calibrated_fpir"] == 0.01 and "lfw-dev" in r["calibration_reference"]
+    # the unit's default: one calibrated threshold for the list, from match.target_fpir (0.001) and
+    # its 10 subjects: per-comparison FMR 1.0e-4 -> -log10(FMR) / 10 = 0.4
+    assert r["threshold_kind"].startswith("calibrated score")
+    assert r["thresholds"] == {c: pytest.approx(0.4, abs=1e-3) for c in ("wanted", "missing", "vulnerable")}
+    assert r["calibrated_fpir"] == 0.001 and "lfw-dev" in r["calibration_reference"]
     assert r["model_sha256"] == MODEL and r["software_version"] == "0.1.0"
     assert r["service"]["starts"] == 2 and r["service"]["stops"] == 2
     assert r["retention"] == {"match_records_days": 30, "rejected_hours": 24}

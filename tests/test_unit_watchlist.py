@@ -98,6 +98,29 @@ def test_load_match_and_thumbnail(rig, bundle_a):
     assert mode == 0o600
 
 
+def test_the_loaded_list_is_matched_with_the_calibrated_policy_of_the_config(tmp_path, keys, bundle_a):
+    # default: cohort-normalised calibrated scores, one threshold from match.target_fpir and the
+    # list's size, and the calibrated meaning an alert carries
+    rig = Rig(tmp_path / "a", keys)
+    live = rig.unit.load(bundle_a)
+    pol = live.matcher.policy
+    assert pol is not None and pol.target_fpir == 0.001 and pol.watchlist_size == len(live.manifest.subjects)
+    m = live.matcher.match(unit_vectors(4, seed=0)[2])
+    assert m.is_hit and 0.0 <= m.score <= 1.0 and m.threshold == pytest.approx(pol.threshold)
+    meaning = live.matcher.meaning(m)
+    assert meaning["watchlist_size"] == len(live.manifest.subjects) and meaning["fmr"] < pol.target_fmr
+    # a stricter target raises the threshold; switching normalisation off gives raw cosines
+    strict = Rig(tmp_path / "b", keys)
+    strict.cfg = validate({**strict.cfg.as_dict(), "match": {"target_fpir": 1e-6}})
+    assert strict.new_unit().load(bundle_a).matcher.policy.threshold > pol.threshold
+    raw = Rig(tmp_path / "c", keys)
+    raw.cfg = validate({**raw.cfg.as_dict(), "match": {"score_normalisation": False}})
+    live_raw = raw.new_unit().load(bundle_a)
+    assert live_raw.matcher.policy is None and live_raw.matcher.meaning(m) is None
+    r = live_raw.matcher.match(unit_vectors(4, seed=0)[2])
+    assert r.threshold == 0.95 and r.score == pytest.approx(1.0, abs=1e-5)
+
+
 def test_load_from_path_and_same_bundle_twice_is_idempotent(rig, bundle_a):
     p = rig.tmp / "a.edgewl"
     p.write_bytes(bundle_a)

@@ -148,7 +148,7 @@ function renderCard(a) {
   shots.append(figure('Camera', a.probe_jpeg, 'Face seen by the camera'),
     figure('Watchlist', a.reference_jpeg, 'Watchlist reference image'));
 
-  const s = scoreWords(a.score, a.threshold, a.margin);
+  const s = scoreWords(a.score, a.threshold, a.margin, a.calibrated);
   const meaning = el('p', 'meaning', s.words);
   const detail = el('p', 'detail', s.detail);
   const meta = el('p', 'meta');

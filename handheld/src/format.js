@@ -42,7 +42,25 @@ export function parseAlert(text, topicUnit) {
   if (!isNum(a.score) || !isNum(a.threshold) || !(a.margin === null || isNum(a.margin))) return null;
   if (!isTime(a.alerted_at) || !isTime(a.first_seen)) return null;
   if (!isJpeg(a.probe_jpeg) || !isJpeg(a.reference_jpeg)) return null;
+  if (a.calibrated !== undefined && a.calibrated !== null && !isCalibrated(a.calibrated)) return null;
   return a;
+}
+
+const isRate = (x) => isNum(x) && x >= 0 && x <= 1;
+
+/** The optional `calibrated` object of an alert: what the score means, from the model's calibration. */
+function isCalibrated(c) {
+  return !!c && typeof c === 'object' && !Array.isArray(c) && isRate(c.fmr) && isRate(c.expected_fpir)
+    && isRate(c.target_fpir) && c.target_fpir > 0 && Number.isInteger(c.watchlist_size) && c.watchlist_size >= 1
+    && typeof c.supported === 'boolean' && typeof c.calibration === 'string';
+}
+
+/** "1 in 3,800" for a rate of 0.00026. */
+export function oneIn(rate) {
+  if (!(rate > 0)) return 'none';
+  const n = 1 / rate;
+  const r = n >= 100 ? Number(n.toPrecision(2)) : Math.round(n);
+  return `1 in ${r.toLocaleString('en-GB')}`;
 }
 
 /** The unit's acknowledgement (schema version 1) in `text`, or null. */
@@ -57,7 +75,8 @@ export function parseAck(text, topicUnit) {
 }
 
 /** What the score means, in plain words. The system only prompts: the officer decides. */
-export function scoreWords(score, threshold, margin) {
+export function scoreWords(score, threshold, margin, calibrated) {
+  // with calibrated scores 0.10 above the threshold is ten times rarer among strangers
   const above = score - threshold;
   let words;
   if (above >= 0.10) words = 'Strong possible match — verify before acting';
@@ -65,6 +84,11 @@ export function scoreWords(score, threshold, margin) {
   else words = 'Weak possible match — verify carefully';
   const close = margin !== null && margin < 0.03
     ? 'Another watchlist entry scored almost as high.' : '';
+  if (calibrated) {
+    const rarer = calibrated.supported ? '' : 'at most ';
+    return { words, detail: `About ${rarer}${oneIn(calibrated.expected_fpir)} passers-by not on the list would match `
+      + `this well (alerts set for ${oneIn(calibrated.target_fpir)}; ${calibrated.watchlist_size} listed). ${close}`.trim() };
+  }
   return { words, detail: `Similarity ${score.toFixed(2)} (alert threshold ${threshold.toFixed(2)}). ${close}`.trim() };
 }
 
