@@ -55,3 +55,29 @@ def test_bench_reports_every_stage(tmp_path, capsys):
 def test_bench_refuses_bad_repeat(capsys):
     assert main(["bench", "--repeat", "0"]) == 65
     assert "--repeat" in capsys.readouterr().err
+
+
+def test_bench_pipeline_scores_pairs_exactly_as_the_unit_matcher_does():
+    """The accuracy comparison with face_recognition is only fair if the bench's false-match
+    rate is measured on the score the unit alerts on: pair scores must equal the live matcher's
+    scores, and moving the threshold must move the unit's threshold to that value."""
+    import numpy as np
+
+    from edge.bench_pipeline import UnitScore
+    from edge.config import validate
+    from edge.match import Watchlist
+    from edge.threshold_policy import build_matcher
+
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((12, 128)).astype(np.float32)
+    emb += 2.0 * rng.standard_normal(128).astype(np.float32)   # a crowded region: realistic cosines
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    for cfg in (validate({}), validate({"match": {"score_normalisation": False}})):
+        us = UnitScore(cfg, n_listed=12)
+        matcher = build_matcher(Watchlist(emb, [f"S{i}" for i in range(12)], ["wanted"] * 12), cfg)
+        full = matcher.scores(emb)
+        iu = np.triu_indices(12, 1)
+        assert np.allclose(us.pair_scores(emb), full[iu], atol=2e-5)
+        assert us.threshold == pytest.approx(matcher.match(emb[0]).threshold)
+        moved = build_matcher(Watchlist(emb, [f"S{i}" for i in range(12)], ["wanted"] * 12), us.config_at(0.3))
+        assert moved.match(emb[0]).threshold == pytest.approx(0.3, abs=1e-6)
