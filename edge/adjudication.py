@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 
 from .alert import (ACK_SCHEMA_VERSION, ADJUDICATION_OUTCOMES, AdjudicationError, adjudication_fields, utc_iso,
                     validate_ack)
+from .dbhandle import DbHandle
 from .outbox import Outbox, OutboxError
 from .types import CATEGORIES
 
@@ -85,7 +86,7 @@ def _epoch(t: float | datetime, what: str) -> float:
     raise ValueError(f"{what}: not a time: {t!r:.60}")
 
 
-class AdjudicationRecords:
+class AdjudicationRecords(DbHandle):
     """The unit's adjudication records, in the outbox's SQLite file (its own connection).
 
     ``outbox`` must be open (it owns the file's creation and integrity check); the table is
@@ -228,17 +229,3 @@ class AdjudicationRecords:
             totals[outcome] += int(n)
         return {"start": utc_iso(t0), "end": utc_iso(t1), "by": by, **totals, "adjudicated": sum(totals.values()),
                 "unadjudicated": pending, "by_category": by_category}
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                try:
-                    self._db.close()
-                finally:
-                    self._db = None
-
-    def __enter__(self) -> "AdjudicationRecords":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .dbhandle import DbHandle
 from .errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Row:
     created_at: float
 
 
-class Outbox:
+class Outbox(DbHandle):
     """SQLite (WAL) outbox of alerts. Thread-safe: one connection behind a lock."""
 
     def __init__(self, path: str | os.PathLike, *, max_pending: int = 10_000, retention_days: float = 30,
@@ -271,17 +272,3 @@ class Outbox:
         with self._lock:
             pragma = "integrity_check" if full else "quick_check"
             return [str(r[0]) for r in self._conn().execute(f"PRAGMA {pragma}").fetchall()]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                try:
-                    self._db.close()
-                finally:
-                    self._db = None
-
-    def __enter__(self) -> "Outbox":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

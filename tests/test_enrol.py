@@ -2,7 +2,6 @@
 `edge-lfr watchlist build` end to end (build -> inspect -> verify -> load -> match)."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -15,6 +14,8 @@ from hypothesis import strategies as st
 from edge.config import validate
 from edge.enrol import ManifestError, enrol, read_manifest
 from edge.images import decode_image, load_image, save_image
+
+from wl_helpers import watchlist_cli
 
 LFW = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0002.jpg",
        "AJ_Cook/AJ_Cook_0001.jpg", "Aaron_Sorkin/Aaron_Sorkin_0001.jpg"]
@@ -199,17 +200,7 @@ def test_enrolled_subjects_templates_and_thumbnails(enrolment, enrol_dir, recogn
 # ---------------------------------------------------------------------------------- CLI build
 
 
-def _cli(argv) -> int:
-    from edge.cli_watchlist import add_commands
-    from edge.errors import EdgeError
-    p = argparse.ArgumentParser(prog="edge-lfr")
-    add_commands(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgeError as exc:
-        print(f"edge-lfr: error: {exc}")
-        return exc.exit_code
+_cli = watchlist_cli
 
 
 def test_build_then_inspect_verify_load_and_match(tmp_path, enrol_dir, recognizer, capsys):

@@ -1,7 +1,6 @@
 """Issuer and device keys, passphrases, public-key files, the trust file, UTC times, `edge-lfr keys`."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import stat
 
@@ -15,6 +14,8 @@ from edge.keys import (KeyFileError, KeyPassphraseError, TrustFileError, TrustSt
                        generate_issuer, key_id, load_device_key, load_issuer_key, load_issuer_public,
                        load_trust, load_unit_public, save_device, save_issuer, save_trust, trusted_key)
 from edge.utc import format_utc, parse_canonical, parse_utc
+
+from wl_helpers import watchlist_cli
 
 T0 = 1_750_000_000
 
@@ -217,17 +218,7 @@ def test_utc_parsing():
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _cli(argv) -> int:
-    from edge.cli_watchlist import add_commands
-    from edge.errors import EdgeError
-    p = argparse.ArgumentParser(prog="edge-lfr")
-    add_commands(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgeError as exc:
-        print(f"edge-lfr: error: {exc}")
-        return exc.exit_code
+_cli = watchlist_cli
 
 
 def test_cli_keys(tmp_path, capsys):

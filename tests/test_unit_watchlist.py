@@ -2,7 +2,6 @@
 rollback, clock handling, restart, and the unit commands of the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import threading
@@ -18,7 +17,7 @@ from edge.config import validate
 from edge.keys import TrustStore, save_trust
 from edge.safetar import TarEntry
 from edge.unit_watchlist import UnitStateError, UnitWatchlist
-from wl_helpers import (HOUR, MODEL, T0, YEAR, Clock, Pieces, bomb_payload, build, make_keys, sealed,
+from wl_helpers import (HOUR, MODEL, T0, YEAR, Clock, Pieces, bomb_payload, build, make_keys, sealed, watchlist_cli,
                         trusted, unit_vectors)
 
 
@@ -485,17 +484,7 @@ def test_inspect_reports_every_check_without_raising_for_policy(rig, keys):
 # ---------------------------------------------------------------------------------- CLI (unit side)
 
 
-def _cli(argv) -> int:
-    from edge.cli_watchlist import add_commands
-    from edge.errors import EdgeError
-    p = argparse.ArgumentParser(prog="edge-lfr")
-    add_commands(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgeError as exc:
-        print(f"edge-lfr: error: {exc}")
-        return exc.exit_code
+_cli = watchlist_cli
 
 
 @pytest.fixture(scope="module")

@@ -150,3 +150,20 @@ def sealed(payload: bytes, keys: Keys) -> bytes:
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
+
+
+def watchlist_cli(argv) -> int:
+    """``edge-lfr`` with the watchlist/keys commands, in process: the exit code, and an
+    EdgeError printed as the console script prints it."""
+    import argparse
+
+    from edge.cli_watchlist import add_commands
+    from edge.errors import EdgeError
+    p = argparse.ArgumentParser(prog="edge-lfr")
+    add_commands(p.add_subparsers(dest="command"))
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeError as exc:
+        print(f"edge-lfr: error: {exc}")
+        return exc.exit_code
