@@ -95,7 +95,7 @@ def run_demo(args) -> int:
           f"background {'vtest.avi' if background else 'plain'}) with {len(people)} people, {len(listed)} of them "
           f"on the watchlist" + ("" if shared else " (../shared/faces not found: public-domain faces only)"), flush=True)
     if shared:
-        print(f"  (LFW people chosen so that the model scores their two photos >= {thr + 0.012:.3f} and unlisted "
+        print(f"  (LFW people chosen so that the cosine of their two photos is >= {thr + 0.012:.3f} and unlisted "
               f"people < {thr - 0.05:.3f} against the list: the demo shows the pipeline; `edge-lfr eval` "
               "measures the model's error rates)")
 

@@ -91,3 +91,17 @@ def test_bench_alerts_reports_match_to_puback(tmp_path, capsys):
     assert s["n"] == 20 and 0 < s["p50_ms"] <= s["p95_ms"] <= s["max_ms"]
     assert report["burst"]["n"] == 20 and report["burst"]["alerts_per_s"] > 0
     assert "match_to_puback" in capsys.readouterr().out
+
+
+def test_an_alert_line_says_what_the_score_means():
+    from mqtt_broker import CALIBRATED, make_alert
+
+    from edge.cli_alerts import format_alert, one_in
+    line = format_alert(make_alert())
+    assert "~1 in 3,800 passers-by (alerts set for 1 in 1,000, 826 listed)" in line
+    assert "score 0.910 (threshold 0.800, margin 0.120)" in line
+    raw = make_alert(calibrated=None)
+    assert raw["calibrated"] is None and "passers-by" not in format_alert(raw)
+    rare = make_alert(calibrated={**CALIBRATED, "expected_fpir": 2e-9, "supported": False})
+    assert "~at most 1 in 500,000,000 passers-by" in format_alert(rare)
+    assert [one_in(r) for r in (0.5, 0.01, 0.0)] == ["1 in 2", "1 in 100", "none"]
