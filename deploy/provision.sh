@@ -146,6 +146,8 @@ OPT=/opt/edge-lfr
 VENV=$OPT/venv
 MODELS=$OPT/models
 UNIT_FILE=/etc/systemd/system/edge-lfr.service
+PURGE_SERVICE=/etc/systemd/system/edge-lfr-purge.service
+PURGE_TIMER=/etc/systemd/system/edge-lfr-purge.timer
 DROPIN_DIR=/etc/systemd/system/edge-lfr.service.d
 UDEV_RULE=/etc/udev/rules.d/70-edge-lfr.rules
 CONFIG=$ETC/unit.yaml
@@ -430,6 +432,10 @@ fi
 # --- 10. systemd unit, broker drop-in, udev rule --------------------------------------------------
 put_file "$CHECKOUT/systemd/edge-lfr.service" "$UNIT_FILE" 0644 0 0
 put_file "$CHECKOUT/docs/service.md" "$OPT/docs/service.md" 0644 0 0   # the unit's Documentation=
+# the retention purge, hourly, also while the recognition service is stopped
+put_file "$CHECKOUT/systemd/edge-lfr-purge.service" "$PURGE_SERVICE" 0644 0 0
+put_file "$CHECKOUT/systemd/edge-lfr-purge.timer" "$PURGE_TIMER" 0644 0 0
+put_file "$CHECKOUT/docs/privacy.md" "$OPT/docs/privacy.md" 0644 0 0   # the purge units' Documentation=
 put_text "$DROPIN_DIR/broker.conf" 0644 0 0 "# Written by deploy/provision.sh from $CONFIG (mqtt.host $BROKER_HOST, port $BROKER_PORT).
 # The only address besides localhost that edge-lfr may exchange packets with (IPAddressDeny=any).
 [Service]
@@ -440,7 +446,8 @@ put_file "$HERE/provision/70-edge-lfr.rules" "$UDEV_RULE" 0644 0 0
 if [ -n "$P" ]; then
   # An image being prepared: enable offline (the multi-user.target.wants symlink in ROOT).
   if command -v systemctl >/dev/null; then
-    systemctl --root="$ROOT" --quiet enable "$SVC.service" 2>/dev/null || die "systemctl --root $ROOT enable failed"
+    systemctl --root="$ROOT" --quiet enable "$SVC.service" "$SVC-purge.timer" 2>/dev/null \
+      || die "systemctl --root $ROOT enable failed"
   else
     say "  note: systemctl not found; the unit is installed but not enabled"
   fi
@@ -450,6 +457,7 @@ elif [ "$INSTALL" = 1 ] && [ -d /run/systemd/system ]; then
   fi
   systemctl daemon-reload
   systemctl --quiet enable "$SVC.service"
+  systemctl --quiet enable --now "$SVC-purge.timer"
   if [ -f "$MQTT_DIR/ca.crt" ] && [ -f "$MQTT_DIR/unit.crt" ]; then
     if [ ${#CHANGED[@]} -gt 0 ]; then systemctl restart "$SVC.service"; else systemctl start "$SVC.service"; fi
     say "  $SVC.service enabled and running (systemctl status $SVC)"

@@ -128,9 +128,12 @@ EXPECTED = {
     "etc/systemd/system/edge-lfr.service.d": ("drwxr-xr-x", "root", "root"),
     "etc/systemd/system/edge-lfr.service.d/broker.conf": ("-rw-r--r--", "root", "root"),
     "etc/udev/rules.d/70-edge-lfr.rules": ("-rw-r--r--", "root", "root"),
+    "etc/systemd/system/edge-lfr-purge.service": ("-rw-r--r--", "root", "root"),
+    "etc/systemd/system/edge-lfr-purge.timer": ("-rw-r--r--", "root", "root"),
+    "opt/edge-lfr/docs/privacy.md": ("-rw-r--r--", "root", "root"),
 }
 OWNED = ("etc/edge-lfr", "var/lib/edge-lfr", "opt/edge-lfr", "etc/systemd/system/edge-lfr.service",
-         "etc/udev/rules.d/70-edge-lfr.rules")
+         "etc/systemd/system/edge-lfr-purge.", "etc/udev/rules.d/70-edge-lfr.rules")
 
 
 def model_files() -> list[str]:
@@ -184,6 +187,8 @@ def test_unit_is_enabled_inside_the_root(provisioned):
         pytest.skip("systemctl not installed: the offline enable step is skipped")
     link = root / "etc/systemd/system/multi-user.target.wants/edge-lfr.service"
     assert link.is_symlink() and os.readlink(link) == "/etc/systemd/system/edge-lfr.service"
+    timer = root / "etc/systemd/system/timers.target.wants/edge-lfr-purge.timer"
+    assert timer.is_symlink() and os.readlink(timer) == "/etc/systemd/system/edge-lfr-purge.timer"
 
 
 def test_config_validates_and_names_the_unit_and_broker(provisioned):
@@ -248,6 +253,8 @@ def test_systemd_files(provisioned):
     assert re.findall(r"^IPAddressAllow=(.*)$", dropin, re.M) == [BROKER]
     assert (root / "etc/udev/rules.d/70-edge-lfr.rules").read_bytes() == \
         (ROOT / "deploy/provision/70-edge-lfr.rules").read_bytes()
+    for name in ("edge-lfr-purge.service", "edge-lfr-purge.timer"):
+        assert (root / "etc/systemd/system" / name).read_bytes() == (ROOT / "systemd" / name).read_bytes()
 
 
 def test_second_run_changes_nothing(provisioned):

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -380,3 +381,36 @@ def test_purge_killed_at_each_step_is_finished_next_time(tmp_path, step):
         assert purges[-1]["data"]["resumed"] is True
     finally:
         w.close()
+
+
+def test_the_timers_command_purges_while_the_service_is_stopped(tmp_path):
+    """`edge-lfr audit purge --config FILE` - what systemd/edge-lfr-purge.timer runs every hour,
+    service running or not - on a unit stopped after a deployment long ago (the test's clock is
+    in 2025; this run uses the real one): old match records and the watchlist go, the purge is
+    audited, the log still verifies."""
+    w = World(tmp_path)
+    keydir = tmp_path / "keys"
+    save_device(w.keys.dev7, keydir)
+    cfg_file = tmp_path / "unit.yaml"
+    cfg_file.write_text(json.dumps({"unit": {"id": "van-07", "state_dir": str(w.state),
+                                             "trust_file": str(tmp_path / "trust.yaml"),
+                                             "device_key": str(keydir / "device.key")}}))
+    w.audit.service_start(w.cfg)
+    _load(w, hours=100)
+    alerts = [w.alert(i) for i in range(3)]
+    w.records.record(adj(alerts[0]["event_id"], "confirmed"))
+    w.audit.service_stop("end of deployment")
+    w.close()
+    assert time.time() - T0 > 31 * DAY
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "audit", "purge", "--config", str(cfg_file)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    counts = json.loads(r.stdout)
+    assert counts["alerts_expired"] == 3 and counts["watchlist_deleted"] in ("expired", "deployment ended")
+    assert w.event_ids() == set() and w.record_ids() == set()
+    assert not w.unit.bundle_path.exists()
+    purges = [e for e in read_entries(w.audit.path) if e["type"] == "purge"]
+    assert purges and purges[-1]["data"]["alerts_expired"] == 3
+    res = verify(w.audit.path, w.keys.dev7)
+    assert res.ok, res.problems

@@ -370,3 +370,37 @@ def test_pipeline_runs_under_the_units_syscall_sandbox(service):
     r = subprocess.run([sys.executable, "-c", SANDBOX, json.dumps(spec)], capture_output=True, text=True,
                        timeout=600, cwd=ROOT, env=env)
     assert r.returncode == 0 and "SANDBOX-OK" in r.stdout, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# the retention purge: a oneshot unit and its hourly timer
+# --------------------------------------------------------------------------------------------
+
+PURGE = ROOT / "systemd" / "edge-lfr-purge.service"
+PURGE_TIMER = ROOT / "systemd" / "edge-lfr-purge.timer"
+
+
+@needs_analyze
+def test_exposure_of_the_purge_unit_is_at_most_2():
+    r = analyze("security", "--offline=true", "--no-pager", str(PURGE))
+    assert not [ln for ln in (r.stdout + r.stderr).splitlines()
+                if "edge-lfr-purge" in ln and re.search(r"Unknown|Failed|ignoring|Invalid", ln, re.I)], r.stderr
+    level = exposure(r)
+    assert level <= MAX_EXPOSURE, f"exposure {level} > {MAX_EXPOSURE}:\n{r.stdout}"
+
+
+def test_purge_unit_deletes_on_schedule_with_no_network_or_devices():
+    svc = parse_unit(PURGE)["Service"]
+    assert one(svc, "Type") == "oneshot"
+    assert one(svc, "ExecStart") == "/opt/edge-lfr/venv/bin/edge-lfr audit purge --config /etc/edge-lfr/unit.yaml"
+    main = parse_unit(UNIT)["Service"]
+    for key in ("User", "Group", "StateDirectory", "ConfigurationDirectory", "UMask", "ProtectSystem"):
+        assert one(svc, key) == one(main, key), f"{key}= differs from the recognition service's"
+    assert one(svc, "PrivateNetwork") == "yes" and one(svc, "IPAddressDeny") == "any"
+    assert one(svc, "RestrictAddressFamilies") == "AF_UNIX"
+    assert one(svc, "PrivateDevices") == "yes" and one(svc, "NoNewPrivileges") == "yes"
+    timer = parse_unit(PURGE_TIMER)
+    assert timer["Timer"]["OnCalendar"] == ["hourly"] and timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    # the timer does not depend on the recognition service: it runs while that one is stopped
+    assert "edge-lfr.service" not in PURGE_TIMER.read_text() + PURGE.read_text().split("[Service]")[0]
