@@ -712,12 +712,16 @@ def _groups(rows: Sequence[int], k: int) -> list[list[int]]:
 
 def track_identification(table: EmbeddingTable, identities: dict[str, list[Path]], names: list[str],
                          k: int, scorer: "EvalScorer | None" = None, fold_of: dict[str, int] | None = None,
-                         fpirs: Sequence[float] = FPIR_TARGETS) -> dict[str, Any]:
+                         fpirs: Sequence[float] = FPIR_TARGETS, enrol_images: int = 1,
+                         templates: str = "fuse") -> dict[str, Any]:
     """Open-set figures when every probe is K images of one identity fused with
     :func:`edge.fusion.fuse_embeddings` weighted by face quality (what the live tracker does
     with a track's frames).
 
-    Watchlist: as :func:`identification` (first usable image of each identity in ``names``).
+    Watchlist: as :func:`identification` (first usable image of each identity in ``names``);
+    with ``enrol_images`` M > 1, the identities of ``names`` with at least M + K usable images,
+    each enrolled with its first M (``templates``: 'fuse' them into one, what the unit does with
+    a score model, or 'max', the best single template, what it did before).
     Mated probes: each listed identity's other usable images, in order, in disjoint groups of
     K. Non-mated probes: every identity's usable images in disjoint groups of K - unlisted
     identities against the whole list, listed ones against the list without their own entry
@@ -727,23 +731,25 @@ def track_identification(table: EmbeddingTable, identities: dict[str, list[Path]
     from .fusion import fuse_embeddings
     scorer = scorer or EvalScorer.base()
     ok = table.ok
+    m_enrol = max(1, int(enrol_images))
     listed = {}
-    enrol_rows = []
+    enrol_rows: list[list[int]] = []
     for name in names:
         usable = [table.index[p] for p in identities[name] if ok[table.index[p]]]
-        if usable:
+        if usable and (m_enrol == 1 or len(usable) >= m_enrol + k):
             listed[name] = len(enrol_rows)
-            enrol_rows.append(usable[0])
+            enrol_rows.append(usable[:m_enrol])
     mated, nonmated = [], []   # (rows, label or own index or -1, identity)
     for name, ps in identities.items():
         usable = [table.index[p] for p in ps if ok[table.index[p]]]
         if name in listed:
             lab = listed[name]
-            mated += [(g, lab, name) for g in _groups([r for r in usable if r != enrol_rows[lab]], k)]
+            mated += [(g, lab, name) for g in _groups([r for r in usable if r not in enrol_rows[lab]], k)]
             nonmated += [(g, lab, name) for g in _groups(usable, k)]
         else:
             nonmated += [(g, -1, name) for g in _groups(usable, k)]
-    out: dict[str, Any] = {"track_size": k, "n_watchlist": len(enrol_rows), "n_mated": len(mated),
+    out: dict[str, Any] = {"track_size": k, "enrol_images": m_enrol, "templates": templates,
+                           "n_watchlist": len(enrol_rows), "n_mated": len(mated),
                            "n_nonmated": len(nonmated),
                            "n_nonmated_identities": len({n for _, _, n in nonmated})}
     if not enrol_rows or not mated or not nonmated:
@@ -757,9 +763,9 @@ def track_identification(table: EmbeddingTable, identities: dict[str, list[Path]
     def folds(groups):
         return np.array([fold_of.get(n, 0) if fold_of else 0 for _, _, n in groups], int)
 
-    gallery = [table.embeddings[[r]] for r in enrol_rows]
-    sm = scorer.matrix(fused(mated), folds(mated), gallery)
-    sn = scorer.matrix(fused(nonmated), folds(nonmated), gallery)
+    gallery = [table.embeddings[rows] for rows in enrol_rows]
+    sm = scorer.matrix(fused(mated), folds(mated), gallery, templates)
+    sn = scorer.matrix(fused(nonmated), folds(nonmated), gallery, templates)
     own = np.array([lab for _, lab, _ in nonmated])
     loo = np.flatnonzero(own >= 0)
     sn[loo, own[loo]] = -np.inf
@@ -780,6 +786,8 @@ def track_identification(table: EmbeddingTable, identities: dict[str, list[Path]
 
 
 ENROL_SIZES = (1, 2, 3)
+#: (enrolment photos M, track size K) reported by the study of multi-photo enrolment with tracks
+ENROL_TRACKS = ((2, 1), (2, 3))
 
 
 def enrolment_study(table: EmbeddingTable, identities: dict[str, list[Path]], names: list[str],
@@ -940,6 +948,13 @@ def score_pipeline(table: EmbeddingTable, pairs: PairsFile, identities: dict[str
                            for k in track_sizes}
     if all_names and studies:
         report["enrolment"] = enrolment_study(table, identities, all_names, scorer, fold_of)
+        # two enrolment photos per listed person, single images and tracks: the unit's way of
+        # using them for this scorer (normalised: fused; raw cosine: the best template, as before)
+        mode = "max" if scorer.models is None else "fuse"
+        report["enrolment_tracks"] = {
+            f"K={k} M={m}": track_identification(table, identities, all_names, k, scorer, fold_of,
+                                                 enrol_images=m, templates=mode)
+            for m, k in ENROL_TRACKS}
     full = ident.get("all", {})
     if "_scores" in full:
         report["_impostor"] = impostor_scores(full)
@@ -1111,6 +1126,18 @@ def summary_table(columns: list[tuple[str, dict[str, Any]]]) -> str:
         row(f"enrol {key}: FNIR @ 0.01 / 0.001",
             lambda r, key=key: "{:.4f} / {:.4f}".format(r["enrolment"][key]["fnir_at_fpir"]["0.01"],
                                                      r["enrolment"][key]["fnir_at_fpir"]["0.001"]))
+    et_keys = []
+    for _, rep in columns:
+        for key in rep.get("enrolment_tracks", {}):
+            if key not in et_keys:
+                et_keys.append(key)
+    for key in et_keys:
+        row(f"enrol+track {key}: N / mated / non-mated",
+            lambda r, key=key: "{n_watchlist} / {n_mated} / {n_nonmated}".format(**r["enrolment_tracks"][key]))
+        row(f"enrol+track {key}: FNIR @ 0.01 / 0.001",
+            lambda r, key=key: "{:.4f} / {:.4f} ({})".format(r["enrolment_tracks"][key]["fnir_at_fpir"]["0.01"],
+                                                          r["enrolment_tracks"][key]["fnir_at_fpir"]["0.001"],
+                                                          r["enrolment_tracks"][key]["templates"]))
     for f in FPIR_TARGETS:
         fk = _fkey(f)
         row(f"policy: ask FPIR {fk} -> FPIR (FA) / FNIR",

@@ -342,6 +342,21 @@ def test_track_protocol_groups_and_leave_one_out(tmp_path):
     assert r1["n_mated"] == 6 + 4 + 2 and r1["n_nonmated"] == 16     # every image is a non-mated probe
 
 
+def test_track_protocol_with_several_enrolment_photos(tmp_path):
+    table, ids = _toy_table(tmp_path, {"A": 8, "B": 5, "C": 1, "D": 4}, noise=0.3)
+    r = ev.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2)
+    # listed: at least 2 + 3 usable images (A, B); D (4) cannot give two photos and a track
+    assert r["n_watchlist"] == 2 and r["enrol_images"] == 2 and r["templates"] == "fuse"
+    # mated: A's 6 non-enrolment images -> 2 tracks, B's 3 -> 1; the enrolment photos are never probes
+    assert r["n_mated"] == 3
+    # non-mated: A 8 -> 2, B 5 -> 1 (leave-one-out), D 4 -> 1 (now unlisted)
+    assert r["n_nonmated"] == 4 and r["n_nonmated_leave_one_out"] == 3
+    best = ev.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2, templates="max")
+    assert best["templates"] == "max" and best["n_mated"] == 3
+    # one photo: unchanged from before
+    assert ev.track_identification(table, ids, ["A", "B", "D"], 3)["n_watchlist"] == 3
+
+
 def test_track_fusion_uses_quality_weights(tmp_path, monkeypatch):
     table, ids = _toy_table(tmp_path, {"A": 4, "B": 4})
     table.weights = np.linspace(0.2, 1.0, len(table.paths))
@@ -418,6 +433,9 @@ def test_eval_reports_track_and_enrolment(eval_run):
     assert t1["n_mated"] <= report["identification"]["all"]["n_mated"]
     assert {"fnir_at_fpir", "false_alarms_at_fpir", "false_alarm_identities_at_fpir", "det"} <= set(t1)
     assert "M=1" in report["enrolment"]
+    # two enrolment photos, single images and tracks of 3: the base keeps the best template
+    assert set(report["enrolment_tracks"]) == {"K=1 M=2", "K=3 M=2"}
+    assert report["enrolment_tracks"]["K=3 M=2"]["templates"] == "max"
     # 15 single-image identities: too few background faces per fold for the improved pipeline
     assert "skipped" in report["improved"]
 
@@ -461,6 +479,9 @@ def test_eval_improved_pipeline_end_to_end(medium_lfw, tmp_path):
     assert imp["calibration_fitted"]["n_comparisons"] > 1000
     assert {"0.01", "0.001"} <= set(imp["policy_check"])
     assert imp["added_cost"]["1000"]["improved_ms"] > 0
+    # two enrolment photos: the improved pipeline fuses them, as the unit's matcher does
+    assert imp["enrolment_tracks"]["K=3 M=2"]["templates"] == "fuse"
+    assert rep["enrolment_tracks"]["K=3 M=2"]["templates"] == "max"
     assert "skipped" in rep["improved_shipped"]          # these LFW faces are in the shipped cohort
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # second run reuses the cached embeddings
