@@ -97,18 +97,32 @@ def probes(faces_dir, recognizer):
     return data
 
 
+def _unit_matcher(enrol: np.ndarray):
+    """The matcher a unit would run for a list of these enrolments (default configuration:
+    calibrated cohort-normalised score, threshold for target FPIR 0.001 at this list's size)."""
+    from edge.config import validate
+    from edge.match import Watchlist
+    from edge.threshold_policy import build_matcher
+    return build_matcher(Watchlist(enrol, [f"P{i:03d}" for i in range(len(enrol))], ["wanted"] * len(enrol)),
+                         validate({}))
+
+
 def test_blurred_face_no_longer_matches_the_person(probes, recognizer):
     """Control first: unblurred, the probe finds its own enrolment (rank 1) and scores at the alert
-    threshold; blurred, the true person is no more similar than anyone else."""
-    from edge.config import validate
-    threshold = validate({}).match.threshold_wanted
+    threshold; blurred, the true person is no more similar than anyone else, and the unit's own
+    matcher raises no alert for it."""
     enrol = np.stack([p[1] for p in probes])
+    matcher = _unit_matcher(enrol)
+    threshold = matcher.match(enrol[0]).threshold
+    clear_hits = 0
     n = len(probes)
     clear_rank1, blurred_ranks, true_scores, other_scores, found = 0, [], [], [], 0
     clear_true, clear_other = [], []
     for i, (name, _, frame, face, points) in enumerate(probes):
         s = enrol @ face.embedding
         clear_rank1 += int(np.argmax(s) == i)
+        m = matcher.match(face.embedding)
+        clear_hits += int(m.is_hit and m.subject_id == f"P{i:03d}")
         clear_true.append(s[i])
         clear_other.extend(np.delete(s, i))
         red = redact(frame, [PreviewBox(face.detection.box, False)], mode="faces", max_width=None)
@@ -117,8 +131,9 @@ def test_blurred_face_no_longer_matches_the_person(probes, recognizer):
                      for g in recognizer.faces(red, embed=False))
         # 2. even aligned with the original landmarks, the embedding does not match the person
         v = recognizer.embedder.embed(recognizer.aligner.chip(red, face.detection, points))[0]
+        m = matcher.match(v)
+        assert not m.is_hit, f"{name}: blurred face still alerts ({m.subject_id}, {m.score:.3f} >= {threshold:.3f})"
         s = enrol @ v
-        assert s[i] < threshold, f"{name}: blurred face still scores {s[i]:.3f} against its enrolment"
         blurred_ranks.append(int((s > s[i]).sum()) + 1)
         true_scores.append(s[i])
         other_scores.extend(np.delete(s, i))
@@ -126,8 +141,10 @@ def test_blurred_face_no_longer_matches_the_person(probes, recognizer):
           f"{np.mean(clear_true):.3f} vs others {np.mean(clear_other):.3f}; blurred: found by the detector "
           f"{found}/{n}, rank-1 {sum(r == 1 for r in blurred_ranks)}/{n}, median rank {np.median(blurred_ranks)}, "
           f"score to own enrolment mean {np.mean(true_scores):.3f} (max {np.max(true_scores):.3f}) vs others "
-          f"{np.mean(other_scores):.3f}; alert threshold {threshold}")
+          f"{np.mean(other_scores):.3f}; unit's calibrated threshold {threshold:.3f}: unblurred alerts {clear_hits}/{n}, "
+          f"blurred 0/{n}")
     assert clear_rank1 >= 0.9 * n                                   # the test can tell people apart
+    assert clear_hits >= 0.6 * n                                    # ... and the unit's matcher alerts on them
     assert found <= 0.1 * n                                         # the blur hides the face from the detector
     # identity is gone: the true person ranks like a random one (median ~ n/2), and is top-1 no more
     # often than chance allows (expected 1 in n each; at most 3 of n)
@@ -236,16 +253,15 @@ def test_preview_boxes_marks_only_alerted_tracks():
 def test_scene_mode_hides_a_face_nobody_detected(probes, recognizer):
     """The default mode needs no detection: with no box at all, no face in the preview can be
     recognised (in 'faces' mode it would be shown as it is)."""
-    from edge.config import validate
-    threshold = validate({}).match.threshold_wanted
     enrol = np.stack([p[1] for p in probes])
+    matcher = _unit_matcher(enrol)
     ranks = []
     for i, (name, _, frame, face, points) in enumerate(probes):
         assert np.array_equal(redact(frame, [], mode="faces", max_width=None), frame)
         red = redact(frame, [], max_width=None)
         v = recognizer.embedder.embed(recognizer.aligner.chip(red, face.detection, points))[0]
+        assert not matcher.match(v).is_hit, name
         s = enrol @ v
-        assert s[i] < threshold, name
         ranks.append(int((s > s[i]).sum()) + 1)
     print(f"\nscene mode, no box given, {len(probes)} LFW people: rank-1 {sum(r == 1 for r in ranks)}/{len(probes)}, "
           f"median rank {np.median(ranks)}")
