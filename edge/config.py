@@ -64,9 +64,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                  "(measured on LFW pairs: 98.7% -> 99.1%; twice the embedding time)"),
     },
     "match": {
-        "threshold_wanted": Option(0.95, float, "cosine score at or above which a 'wanted' entry alerts (0.95 ~ FPIR 1% per passer-by for ~800 listed people, measured on lfw-dev)", -1.0, 1.0),
-        "threshold_missing": Option(0.95, float, "cosine score at or above which a 'missing' entry alerts", -1.0, 1.0),
-        "threshold_vulnerable": Option(0.95, float, "cosine score at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
+        "threshold_wanted": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'wanted' entry alerts (0.95 ~ FPIR 1% per passer-by for ~800 listed people, measured on lfw-dev)", -1.0, 1.0),
+        "threshold_missing": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'missing' entry alerts", -1.0, 1.0),
+        "threshold_vulnerable": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
         "top_k": Option(5, int, "candidates returned per probe", 1, 100),
         "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.normalise: a look-alike of "
                                       "many people needs a higher raw cosine) and calibrated scores; every category's "
