@@ -77,7 +77,8 @@ def format_alert(a: dict) -> str:
     cal = a.get("calibrated")
     meaning = ""
     if cal:
-        meaning = (f" ~{'at most ' if not cal['supported'] else ''}{one_in(cal['expected_fpir'])} passers-by "
+        rarer = "" if cal["supported"] else ", extrapolated beyond the calibration"
+        meaning = (f" ~{one_in(cal['expected_fpir'])} passers-by{rarer} "
                    f"(alerts set for {one_in(cal['target_fpir'])}, {cal['watchlist_size']} listed)")
     return (f"{a['alerted_at']}  {a['unit_id']}  {a['category'].upper():10s} {a['subject_id']}  "
             f"score {a['score']:.3f} (threshold {a['threshold']:.3f}, margin {margin}){meaning}  "

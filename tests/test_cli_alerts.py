@@ -103,5 +103,5 @@ def test_an_alert_line_says_what_the_score_means():
     raw = make_alert(calibrated=None)
     assert raw["calibrated"] is None and "passers-by" not in format_alert(raw)
     rare = make_alert(calibrated={**CALIBRATED, "expected_fpir": 2e-9, "supported": False})
-    assert "~at most 1 in 500,000,000 passers-by" in format_alert(rare)
+    assert "~1 in 500,000,000 passers-by, extrapolated beyond the calibration" in format_alert(rare)
     assert [one_in(r) for r in (0.5, 0.01, 0.0)] == ["1 in 2", "1 in 100", "none"]

@@ -738,6 +738,14 @@ def test_a_calibrated_alert_says_how_rare_its_score_is_among_strangers(rig, page
     assert card.locator(".meaning").inner_text() == "Possible match — verify"
     assert card.locator(".detail").inner_text() == ("About 1 in 3,800 passers-by not on the list would match this "
                                                     "well (alerts set for 1 in 1,000; 826 listed).")
+    # a rate beyond what the calibration measured says so
+    far = handheld_alert("missing", 9, score=0.9, threshold=0.56, margin=0.3,
+                         calibrated={**cal, "expected_fpir": 2e-9, "supported": False})
+    rig.submit(far)
+    rig.wait_visible(page, far["event_id"])
+    assert rig.card(page, far["event_id"]).locator(".detail").inner_text() == (
+        "About 1 in 500,000,000 passers-by not on the list would match this well (extrapolated: rarer than the "
+        "calibration measured) (alerts set for 1 in 1,000; 826 listed).")
     # a malformed meaning never leaves the unit
     bad = handheld_alert("wanted", 8, calibrated=cal)
     bad["calibrated"] = {**cal, "expected_fpir": "often"}

@@ -85,9 +85,10 @@ export function scoreWords(score, threshold, margin, calibrated) {
   const close = margin !== null && margin < 0.03
     ? 'Another watchlist entry scored almost as high.' : '';
   if (calibrated) {
-    const rarer = calibrated.supported ? '' : 'at most ';
-    return { words, detail: `About ${rarer}${oneIn(calibrated.expected_fpir)} passers-by not on the list would match `
-      + `this well (alerts set for ${oneIn(calibrated.target_fpir)}; ${calibrated.watchlist_size} listed). ${close}`.trim() };
+    const rarer = calibrated.supported ? '' : ' (extrapolated: rarer than the calibration measured)';
+    return { words, detail: `About ${oneIn(calibrated.expected_fpir)} passers-by not on the list would match `
+      + `this well${rarer} (alerts set for ${oneIn(calibrated.target_fpir)}; ${calibrated.watchlist_size} listed). `
+      + `${close}`.trim() };
   }
   return { words, detail: `Similarity ${score.toFixed(2)} (alert threshold ${threshold.toFixed(2)}). ${close}`.trim() };
 }
