@@ -24,7 +24,9 @@ false-match rate, and the unit at the threshold with the false-match rate of the
 default tolerance (0.6).
 
 ``--frames N`` loops the clip for a soak: RSS is sampled every few seconds (``--rss-csv``) and
-the growth from the first sample after warm-up to the end is reported.
+the growth from the first sample after warm-up to the end is reported. ``--plot PNG`` draws the
+latency histograms of the run (detect, embed, capture -> tracked, capture -> alert), or for a
+soak the RSS against frames.
 """
 from __future__ import annotations
 
@@ -306,7 +308,55 @@ def _run_ours(tu, bundle: bytes, scene, recs, state: Path, *, pace: str, soak: i
         outbox.close()
     rss = {"before_run": round(before, 1), "after_run": round(process_rss_bytes() / 2**20, 1),
            "peak": round(_peak_rss_mb(), 1)}
+    rep["_latency_ms"] = {k: pl.times.samples(k) * 1e3 for k in PLOT_STAGES}
     return rep, list(pl.events), samples, rss
+
+
+#: stages drawn by ``--plot`` (latency histograms of a normal run)
+PLOT_STAGES = ("detect", "embed", "frame_latency", "capture_to_alert")
+
+
+def plot_bench(path: str | Path, result: dict, latency_ms: dict, samples: list) -> Path:
+    """PNG: per-stage latency histograms (a normal run) or RSS against frames (a soak)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c, p = result["clip"], result["pipeline"]
+    title = (f"edge-lfr bench pipeline: {c['width']}x{c['height']}, {c['faces_per_frame']} faces/frame, "
+             f"{p['fps']:.1f} fps, {p['workers']} workers")
+    if result.get("soak"):
+        s = result["soak"]
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        ax.plot([x[0] for x in samples], [x[2] for x in samples], lw=0.9, color="#1f77b4")
+        ax.axhline(s["rss_start_mb"], ls="--", lw=0.8, color="grey", label=f"first tenth {s['rss_start_mb']:.0f} MB")
+        ax.axhline(s["rss_end_mb"], ls=":", lw=1.0, color="black", label=f"last tenth {s['rss_end_mb']:.0f} MB "
+                                                                          f"({s['growth_pct']:+.1f}%)")
+        ax.set_xlabel("frames processed")
+        ax.set_ylabel("resident memory (MB)")
+        ax.set_ylim(0, max(x[2] for x in samples) * 1.15)
+        ax.legend(loc="lower right")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{title}\nsoak: {s['frames']:,} frames, RSS sampled every 5 s", fontsize=9)
+    else:
+        stages = [k for k in PLOT_STAGES if len(latency_ms.get(k, ())) > 0]
+        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3.4), squeeze=False)
+        for ax, k in zip(axes[0], stages):
+            v = latency_ms[k]
+            ax.hist(v, bins=40, color="#1f77b4")
+            for q, ls in ((50, "--"), (95, ":")):
+                x = float(np.percentile(v, q))
+                ax.axvline(x, color="black", ls=ls, lw=1, label=f"p{q} {x:.1f} ms")
+            ax.set_title(f"{k} (n={len(v)})", fontsize=9)
+            ax.set_xlabel("ms")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("count")
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def run_bench(args) -> int:
@@ -349,6 +399,7 @@ def run_bench(args) -> int:
             + (f" for {soak} frames (soak)" if soak else "") + " ...")
         unit_score = UnitScore(tu.config, len(listed))
         rep, events, samples, rss = _run_ours(tu, bundle, scene, recs, tmp / "run-1", pace=pace, soak=soak, say=say)
+        latency_ms = rep.pop("_latency_ms")
         hits = [(e.t % scene.duration if soak else e.t, e.box, e.subject_id) for e in events]
         acc = score_passes(scene, hits) if not soak else None
         result = {
@@ -400,6 +451,9 @@ def run_bench(args) -> int:
                                          cfg=unit_score.config_at(t))
                 result["accuracy_at_reference_fmr"] = score_passes(scene, [(e.t, e.box, e.subject_id) for e in ev2])
     say(format_report(result))
+    plot = getattr(args, "plot", None)
+    if plot:
+        say(f"plot: {plot_bench(plot, result, latency_ms, samples)}")
     out = getattr(args, "out", None)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -157,6 +157,7 @@ def add_bench_arguments(parser) -> None:
     _add(g, "--realtime", action="store_true", help="pipeline: deliver frames at 30 fps like a camera (latency, "
          "dropped frames) instead of as fast as they are taken (throughput)")
     _add(g, "--rss-csv", help="pipeline: write (frames, seconds, RSS MB) samples here")
+    _add(g, "--plot", help="pipeline: PNG of the latency histograms (or, with --frames, RSS against frames)")
     _add(g, "--faces", help="pipeline: folder of shared faces (default: ../shared/faces if present)")
 
 

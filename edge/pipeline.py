@@ -287,6 +287,11 @@ class StageTimes:
             d.append(seconds)
             self._counts[stage] += 1
 
+    def samples(self, stage: str) -> np.ndarray:
+        """The retained samples of one stage (seconds; the newest ``size`` of them)."""
+        with self._lock:
+            return np.asarray(self._samples.get(stage, ()), float)
+
     def summary(self) -> dict[str, dict[str, float]]:
         with self._lock:
             items = {k: np.asarray(v, float) for k, v in self._samples.items() if v}

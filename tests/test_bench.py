@@ -81,3 +81,19 @@ def test_bench_pipeline_scores_pairs_exactly_as_the_unit_matcher_does():
         assert us.threshold == pytest.approx(matcher.match(emb[0]).threshold)
         moved = build_matcher(Watchlist(emb, [f"S{i}" for i in range(12)], ["wanted"] * 12), us.config_at(0.3))
         assert moved.match(emb[0]).threshold == pytest.approx(0.3, abs=1e-6)
+
+
+def test_bench_pipeline_plots_latency_histograms_and_soak_rss(tmp_path):
+    import numpy as np
+
+    from edge.bench_pipeline import PLOT_STAGES, plot_bench
+    result = {"clip": {"width": 1920, "height": 1080, "faces_per_frame": 5.0},
+              "pipeline": {"fps": 80.0, "workers": 2}}
+    rng = np.random.default_rng(0)
+    lat = {k: rng.gamma(4.0, 5.0, 200) for k in PLOT_STAGES}
+    png = plot_bench(tmp_path / "lat.png", result, lat, [])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    soak = {**result, "soak": {"frames": 1000, "rss_start_mb": 250.0, "rss_end_mb": 251.0, "growth_pct": 0.4}}
+    samples = [(i * 50, i * 0.7, 250 + float(rng.normal())) for i in range(20)]
+    png = plot_bench(tmp_path / "rss.png", soak, {}, samples)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
