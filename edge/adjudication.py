@@ -34,7 +34,7 @@ import math
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Mapping
 
 from .alert import (ACK_SCHEMA_VERSION, ADJUDICATION_OUTCOMES, AdjudicationError, adjudication_fields, utc_iso,

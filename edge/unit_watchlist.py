@@ -49,7 +49,6 @@ from .keys import DeviceKey, TrustStore, check_unit_id, load_device_key, load_tr
 from .match import Matcher
 from .normalise import load_score_model
 from .threshold_policy import build_matcher
-from .types import CATEGORIES
 from .utc import format_utc, parse_canonical
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,6 @@ class UnitWatchlist:
         self.limits = Limits.from_config(config)
         self.skew = int(config.watchlist.clock_skew_seconds)
         self.trusted_clock = bool(config.watchlist.trusted_clock)
-        self.thresholds = {c: float(getattr(config.match, f"threshold_{c}")) for c in CATEGORIES}
         self._score_model = score_model
         self._device = device_key
         self._trust = trust
@@ -321,9 +319,7 @@ class UnitWatchlist:
         """The matcher ``config.match`` asks for (edge.threshold_policy.build_matcher): by default
         the cohort-normalised calibrated score with the threshold for ``match.target_fpir`` at this
         list's size; the shipped score model is loaded (sha256-checked) once, on first use."""
-        if not self.config.match.score_normalisation:
-            return bundle.matcher(self.thresholds)
-        if self._score_model is None:
+        if self.config.match.score_normalisation and self._score_model is None:
             self._score_model = load_score_model(self.config.runtime.models_dir or None)
         return build_matcher(bundle.watchlist(), self.config, self._score_model)
 
