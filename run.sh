@@ -34,9 +34,9 @@ case "$what" in
     exec "$VENV/bin/edge-lfr" demo "$@"
     ;;
   test)
-    # systemd: systemd-analyze (tests/test_systemd_unit.py); passwd: useradd (tests/test_provision.py)
-    # chromium, nodejs/npm: the officers' handheld page, built here and tested end to end (tests/test_handheld.py)
-    # strace: tests/test_privacy_writes.py traces every file the service writes
+    # systemd: systemd-analyze (tests/deploy/test_systemd_unit.py); passwd: useradd (tests/deploy/test_provision.py)
+    # chromium, nodejs/npm: the officers' handheld page, built here and tested end to end (tests/handheld/test_handheld.py)
+    # strace: tests/privacy/test_privacy_writes.py traces every file the service writes
     need_apt mosquitto openssl systemd passwd chromium strace
     command -v npm >/dev/null || need_apt nodejs npm
     setup_venv "test,reference"

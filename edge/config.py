@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from edge.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "threshold_missing": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'missing' entry alerts", -1.0, 1.0),
         "threshold_vulnerable": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
         "top_k": Option(5, int, "candidates returned per probe", 1, 100),
-        "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.normalise: a look-alike of "
+        "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.matching.normalise: a look-alike of "
                                       "many people needs a higher raw cosine) and calibrated scores; every category's "
                                       "threshold then comes from target_fpir and the loaded list's size, and the "
-                                      "threshold_<category> cosines are not used (edge.threshold_policy.build_matcher). "
+                                      "threshold_<category> cosines are not used (edge.matching.calibration.build_matcher). "
                                       "false: raw cosine and threshold_<category>"),
         "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
                               "may raise an alert (0.001 = 1 in 1,000), converted into a threshold for the loaded "
@@ -168,7 +168,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_missed_seconds": Option(0.7, float, "a track not seen for this long ends (its faces and embeddings are dropped)", 0.05, 60.0),
         "min_hits": Option(2, int, "detections a track needs before it is embedded (filters one-frame false detections)", 1, 100),
         "max_embeds": Option(4, int, "embeddings per track at most (the per-track embedding budget); the track's probe is "
-                             "their fusion (edge.fusion.fuse_embeddings, weighted by quality)", 1, 100),
+                             "their fusion (edge.recognition.fusion.fuse_embeddings, weighted by quality)", 1, 100),
         "max_attempts": Option(12, int, "landmark + quality attempts per track at most (including faces refused by the gate)", 1, 1000),
         "embed_interval_seconds": Option(0.15, float, "at least this long between two attempts on one track", 0.0, 60.0),
         "min_improvement": Option(0.15, float, "after the first embedding, a face is embedded again only if its quality "

@@ -8,7 +8,7 @@ Steps for one detector (:func:`build_detector`):
    Edge TPU-safe decomposition);
 2. *float parity*: raw outputs of the rebuild against the original file run by LiteRT's
    reference kernels on real inputs, and detections of a float32 ``.tflite`` of the rebuild
-   against the original's through :class:`edge.detect.FaceDetector`;
+   against the original's through :class:`edge.recognition.detect.FaceDetector`;
 3. *calibration*: views of real frames as the detector sees them -- whole frames, the 512 px
    tiles and the 3-face-width search regions of tracked faces -- from the scene photos that
    carry no ground truth, frames of ``video/vtest.avi`` and composed frames (LFW faces pasted
@@ -64,7 +64,7 @@ def ground_truth(scenes: Path) -> List[Tuple[str, np.ndarray]]:
 
 
 def _load(path: Path) -> np.ndarray:
-    from edge.images import load_image
+    from edge.recognition.images import load_image
     return load_image(path)
 
 
@@ -136,7 +136,7 @@ def calibration_frames(shared: Path, lfw: Path, seed: int, n_video: int = 12,
 # --------------------------------------------------------------------------- views
 def letterbox(crop: np.ndarray, size: int) -> np.ndarray:
     """The detector's canvas: aspect-preserving resize to fit, top-left, black padding
-    (exactly as edge.detect.FaceDetector prepares a view); uint8."""
+    (exactly as edge.recognition.detect.FaceDetector prepares a view); uint8."""
     import cv2
     h, w = crop.shape[:2]
     scale = size / max(w, h)
@@ -165,7 +165,7 @@ def detector_views(frames: Dict[str, np.ndarray], find_faces: Callable[[np.ndarr
     ``square_only`` keeps only views that fill the model input (no letterbox padding), and
     adds a centred square crop of each frame (for ``whole``) and shifts clipped search
     regions back inside the frame."""
-    from edge.detect import tile_windows
+    from edge.recognition.detect import tile_windows
     rng = random.Random(seed)
     views = []
     for name, frame in frames.items():
@@ -200,10 +200,10 @@ def detector_views(frames: Dict[str, np.ndarray], find_faces: Callable[[np.ndarr
 # --------------------------------------------------------------------------- models
 def load_model(path: Path, name: str, threads: int = 1, reference_kernels: bool = False,
                spec: Optional[Dict[str, Any]] = None):
-    """An :class:`edge.runtime.LoadedModel` for a file outside the manifest (build use);
+    """An :class:`edge.recognition.runtime.LoadedModel` for a file outside the manifest (build use);
     ``spec`` stands in for its manifest entry (output roles)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from edge.runtime import LoadedModel, sha256_bytes
+    from edge.recognition.runtime import LoadedModel, sha256_bytes
     data = Path(path).read_bytes()
     kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} \
         if reference_kernels else {}
@@ -303,7 +303,7 @@ def output_ranges(keras_model, samples: Sequence[np.ndarray], logit_clip: float,
 
 def raw_outputs(model, canvas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(regressors [A, 16], logits [A]) as float32 for a uint8 canvas, any precision."""
-    from edge.detect import _Head
+    from edge.recognition.detect import _Head
     head = _Head(model, SCORE_THRESHOLD)
     outs = model.run(head.prepare(canvas))
     return head.regressors(outs), head.logits(outs)
@@ -347,7 +347,7 @@ def output_roles(keras_model, model, sample: np.ndarray) -> List[Dict[str, Any]]
 
 # --------------------------------------------------------------------------- measures
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from edge.detect import iou_matrix
+    from edge.recognition.detect import iou_matrix
     return iou_matrix(a.reshape(-1, 4), b.reshape(-1, 4))
 
 
@@ -395,8 +395,8 @@ def detection_parity(reference, candidate, frames: Iterable[np.ndarray]) -> Dict
 
 
 def recall(detector, scenes: Path) -> Tuple[int, int]:
-    """Ground-truth boxes (of 43) matched at IoU >= 0.4 by a detection (as tests/test_detect.py)."""
-    from edge.detect import iou_matrix
+    """Ground-truth boxes (of 43) matched at IoU >= 0.4 by a detection (as tests/recognition/test_detect.py)."""
+    from edge.recognition.detect import iou_matrix
     hit = total = 0
     for file, boxes in ground_truth(scenes):
         dets = detector.detect(_load(scenes / file))
@@ -498,7 +498,7 @@ def build_int8_detector(int8_name: str, models_dir: Path, shared: Path, lfw: Pat
         from blazeface_keras import build_keras_from_tflite  # type: ignore
         from edgetpu_ops import check_model  # type: ignore
         from tflite_reader import read_tflite, set_tensor_ranges, tensor_ranges  # type: ignore
-    from edge.detect import FaceDetector
+    from edge.recognition.detect import FaceDetector
 
     float_name, policy = DETECTORS[int8_name]
     original = models_dir / f"{float_name}.tflite"
@@ -622,7 +622,7 @@ def int8_entry(int8_name: str, float_entry: Dict[str, Any], path: Path, spec: Di
                figures: Dict[str, Any], tools: Dict[str, Any], sha256: str) -> Dict[str, Any]:
     """Manifest entry of an int8 detector, derived from its float model's entry."""
     import copy
-    from edge.runtime import sha256_bytes
+    from edge.recognition.runtime import sha256_bytes
     from ai_edge_litert.interpreter import Interpreter
     data = path.read_bytes()
     it = Interpreter(model_content=data)

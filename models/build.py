@@ -834,7 +834,7 @@ def build_int8_detectors(out_dir: Path, faces_dir: Path, lfw_dir: Path,
     if not (faces_dir / "scenes" / "training.xml").is_file():
         raise BuildError(f"{faces_dir}: no scenes/training.xml (real frames for calibration and "
                          "the 43 ground-truth boxes); pass --faces")
-    if str(REPO_ROOT) not in sys.path:  # edge.detect is used to measure the detectors
+    if str(REPO_ROOT) not in sys.path:  # edge.recognition.detect is used to measure the detectors
         sys.path.insert(0, str(REPO_ROOT))
     import keras
     import numpy as np
@@ -892,7 +892,7 @@ def _edgetpu_figures(text: str) -> Dict[str, int]:
 
 def compile_edgetpu(out_dir: Path) -> Dict[str, Any]:
     """Step g: ``edgetpu_compiler`` every int8 model when the compiler is on PATH and record
-    ``<name>_edgetpu.tflite`` as the entry's ``edgetpu`` sub-entry (which edge.runtime prefers
+    ``<name>_edgetpu.tflite`` as the entry's ``edgetpu`` sub-entry (which edge.recognition.runtime prefers
     when the Coral delegate loads)."""
     compiler = shutil.which(EDGETPU_COMPILER)
     manifest = read_manifest(out_dir)

@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.align import Aligner  # noqa: E402
-from edge.detect import FaceDetector, iou_matrix  # noqa: E402
-from edge.images import load_image  # noqa: E402
+from edge.recognition.align import Aligner  # noqa: E402
+from edge.recognition.detect import FaceDetector, iou_matrix  # noqa: E402
+from edge.recognition.images import load_image  # noqa: E402
 
 # candidate point sets: (source, indices); detector = BlazeFace keypoints, mesh = face-mesh points
 SUBSETS = {
@@ -122,8 +122,8 @@ def select(rows, source, idx):
 
 
 def fit(lfw: Path, n_fit: int, n_held: int, seed: int = 20261122, models_dir: Path | None = None):
-    from edge.landmarks import LandmarkRefiner
-    from edge.runtime import open_model
+    from edge.recognition.landmarks import LandmarkRefiner
+    from edge.recognition.runtime import open_model
     dlib_bits = dlib_parts()
     facerec = dlib_bits[3]
     detector = FaceDetector(open_model("blazeface_full_range", models_dir, threads=2), score_threshold=0.5)

@@ -5,18 +5,18 @@
 
 What it does, all on lfw-dev and reproducible (no randomness):
 
-1. embeds every image with the unit's own pipeline (``edge.api.Recognizer``; the face nearest
+1. embeds every image with the unit's own pipeline (``edge.recognition.api.Recognizer``; the face nearest
    the image centre, quality gate on), or reuses an ``edge-lfr eval lfw --embeddings-cache``;
 2. **cohort**: the usable embeddings of every identity that has a single image (people on no
    watchlist of the evaluation protocol) -> ``models/background_cohort.npy`` (float32, unit
-   rows), with ``top_k`` and the cohort-wide constants of :mod:`edge.normalise`;
+   rows), with ``top_k`` and the cohort-wide constants of :mod:`edge.matching.normalise`;
 3. **calibration**: the impostor distribution of the normalised score measured with
    identity-disjoint cross-fitting, exactly as ``edge-lfr eval lfw`` scores the improved
    pipeline: identities are split into the pairs file's folds (the rest by a hash of the
    name); each fold's probes are scored against the whole watchlist (first image of each
    identity with >= 2 images) by a model whose cohort holds only the other folds'
    single-image identities; every non-mated comparison (non-mated probes x all subjects,
-   mated probes x the other subjects) goes into :func:`edge.threshold_policy.fit_calibration`.
+   mated probes x the other subjects) goes into :func:`edge.matching.calibration.fit_calibration`.
    The shipped cohort itself is never used to score the faces it contains;
 4. writes the ``score_normalisation`` section of ``models/manifest.json`` (read, modified and
    written back at once; every other section is kept as it is).
@@ -39,15 +39,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge import evaluation as ev  # noqa: E402
-from edge.normalise import (COHORT_FILE, DEFAULT_TOP_FRACTION, MANIFEST_SECTION, ScoreModel,  # noqa: E402
+from edge.tools.evaluation import command as ev  # noqa: E402
+from edge.matching.normalise import (COHORT_FILE, DEFAULT_TOP_FRACTION, MANIFEST_SECTION, ScoreModel,  # noqa: E402
                             cohort_sha256, fit_score_model)
-from edge.threshold_policy import ThresholdPolicy, fit_calibration  # noqa: E402
+from edge.matching.calibration import ThresholdPolicy, fit_calibration  # noqa: E402
 
 
 def load_embeddings(lfw: Path, pairs_path: Path, cache: str | None):
     """(table, identities, pairs) of lfw-dev with the unit's pipeline (or the eval cache)."""
-    from edge.api import Recognizer
+    from edge.recognition.api import Recognizer
     from edge.config import load_config
     from edge.progress import Progress
     identities = ev.scan_lfw(lfw)
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     examples = {f"{t:g} @ N={n}": round(ThresholdPolicy(cal, t, n).threshold, 4)
                 for t in (0.01, 0.001) for n in (100, 1000, 10000, 100000)}
     section = {
-        "method": "cohort score normalisation (edge.normalise): t = mean of three z-scores of the cosine "
+        "method": "cohort score normalisation (edge.matching.normalise): t = mean of three z-scores of the cosine "
                   "(listed subject's top-k cohort statistics, passer-by's, cohort-wide); calibrated score = "
-                  "-log10 FMR(t) / 10 (edge.threshold_policy)",
+                  "-log10 FMR(t) / 10 (edge.matching.calibration)",
         "fitted_on": f"{args.lfw.name}: cohort = {len(rows)} usable faces of single-image identities; "
                      f"calibration = {source}",
         "pipeline": provenance,

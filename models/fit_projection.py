@@ -13,7 +13,7 @@ projected with a map fitted on the other folds' identities with >= 2 images):
 * ``lda d``: the same whitening followed by the d leading discriminant directions;
 * ``nap r``: nuisance attribute projection, removing the r leading within-class directions.
 
-Each is scored with the raw cosine and with the cohort normalisation of :mod:`edge.normalise`
+Each is scored with the raw cosine and with the cohort normalisation of :mod:`edge.matching.normalise`
 (its cohort projected by the same map). The measured result (docs/accuracy.md) is that every
 candidate lowers the open-set figures of its scoring, so no projection ships; the script is
 kept so that the decision can be re-checked, e.g. after a model change.
@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge import evaluation as ev  # noqa: E402
-from edge.normalise import fit_score_model  # noqa: E402
+from edge.tools.evaluation import command as ev  # noqa: E402
+from edge.matching.normalise import fit_score_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "models"))
 from fit_calibration import load_embeddings  # noqa: E402

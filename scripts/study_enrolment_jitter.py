@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 import cv2
 import numpy as np
-from edge import evaluation as E
-from edge.api import Recognizer
+from edge.tools.evaluation import command as E
+from edge.recognition.api import Recognizer
 from edge.config import load_config
-from edge.images import load_image
-from edge.fusion import fuse_embeddings
+from edge.recognition.images import load_image
+from edge.recognition.fusion import fuse_embeddings
 
 lfw = Path('../shared/faces/lfw-dev')
 ids = E.scan_lfw(lfw)

@@ -33,7 +33,7 @@ def _rss_mb() -> float:
 
 
 def _cli(argv: list[str]) -> int:
-    from edge.cli_watchlist import add_commands
+    from edge.cli.watchlist import add_commands
     p = argparse.ArgumentParser(prog="edge-lfr")
     add_commands(p.add_subparsers(dest="command"))
     args = p.parse_args(argv)
@@ -54,9 +54,9 @@ def step_build(work: Path, images: Path) -> dict:
 
 
 def step_load(work: Path) -> dict:
-    from edge.bundle_errors import BundleError
+    from edge.watchlist.errors import BundleError
     from edge.config import load_config
-    from edge.unit_watchlist import UnitWatchlist, embedder_sha256
+    from edge.watchlist.unit import UnitWatchlist, embedder_sha256
     cfg = load_config(work / "unit.yaml")
     unit = UnitWatchlist(cfg, model_sha256=embedder_sha256(cfg))
     unit.device_key  # noqa: B018 - key loading is start-up, not load, time
@@ -128,9 +128,9 @@ def screen(images: Path, paths: list[str]) -> list[str]:
     (the rejected ones are counted in the summary of the screening pass)."""
     from collections import Counter
 
-    from edge.api import Recognizer
-    from edge.enrol import assess_image
-    from edge.images import load_image
+    from edge.recognition.api import Recognizer
+    from edge.watchlist.enrol import assess_image
+    from edge.recognition.images import load_image
     rec = Recognizer()
     keep, reasons = [], Counter()
     t0 = time.perf_counter()

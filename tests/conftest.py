@@ -30,11 +30,11 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def public_faces():
     """{'grace_hopper': RGB uint8, 'astronaut': RGB uint8} from matplotlib / scikit-image."""
-    from edge.demo_faces import public_domain_faces
+    from edge.tools.demo_faces import public_domain_faces
     return public_domain_faces()
 
 
 @pytest.fixture(scope="session")
 def recognizer():
-    from edge.api import Recognizer
+    from edge.recognition.api import Recognizer
     return Recognizer()

@@ -1,0 +1,839 @@
+"""The live pipeline: capture -> bounded queue -> inference workers -> tracker -> match -> alert.
+
+Threads
+    capture      iterates a :class:`~edge.appliance.capture.FrameSource` (decoding happens there) and puts
+                 each frame on the :class:`WorkBoard`. The board holds at most
+                 ``pipeline.queue_frames`` frames: from a live source the *oldest* waiting frame
+                 is dropped (and counted) when it is full, so the unit falls behind by at most a
+                 few frames and memory never grows; a file replayed with ``pace: fast`` waits
+                 instead, so every frame is processed.
+    workers      ``pipeline.workers`` threads, each with its own models. A worker prefers
+                 embedding jobs; otherwise it takes the next frame and runs the detector on a
+                 few views of it: ``pipeline.scan_views_per_frame`` views of the round-robin
+                 scan (whole frame, close-up model, tiles), plus a region around the predicted
+                 position of every live track. Embedding jobs run landmarks -> alignment ->
+                 quality gate -> embedding on one detection.
+    coordinator  puts detection results back in frame order, updates the
+                 :class:`~edge.appliance.track.Tracker`, queues the embedding jobs the tracker asks for,
+                 fuses each track's embeddings (``fuse_embeddings``, in the tracker), matches the
+                 fused probe against the live watchlist and decides alerts.
+    alerter      builds each alert (:func:`edge.alerts.message.build_alert`) and hands it to the sink
+                 (the durable outbox, published by :class:`~edge.alerts.publisher.AlertPublisher`).
+
+Privacy: frames, crops and embeddings of faces that do not match live only in memory, in
+objects dropped once processed (a track's crop and embeddings go when the track ends). Nothing
+is logged about a face. The only thing written is what the sink writes: alerts about matches.
+
+Measured: per-stage latency (bounded sample windows), frames per second, queue depth and
+dropped frames, capture-to-alert latency; :meth:`Pipeline.health` and :meth:`Pipeline.report`.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from edge.alerts import message as alerts
+from edge.errors import EdgeError
+from edge.recognition.quality import assess
+from edge.appliance.preview import preview_boxes
+from edge.appliance.track import EmbedRequest, Tracker, TrackParams, quality_weight
+from edge.types import Detection, Match, Quality
+
+log = logging.getLogger(__name__)
+
+#: Latency samples kept per stage (a sliding window: memory stays flat on a long run).
+SAMPLES = 4096
+
+
+# --------------------------------------------------------------------------------------
+# Records passed between threads
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int            # capture order
+    t: float            # source timestamp (s)
+    captured: float     # time.monotonic() when the frame was in memory
+    wall: float         # time.time() at the same moment
+    image: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One detection to embed, with the part of its frame around it (``patch``, whose top-left
+    corner is ``offset`` in the frame): a job does not keep the whole frame alive."""
+
+    request: EmbedRequest
+    frame: Frame                      # the frame's metadata; its image is dropped (see embed_job)
+    patch: np.ndarray = field(repr=False)
+    offset: tuple[int, int] = (0, 0)
+
+
+#: An embedding job keeps this many face widths of context on each side of the face box:
+#: enough for the landmark model's crop (1.5x the box) and the aligner's anti-aliasing pad.
+JOB_CONTEXT = 1.25
+
+
+def embed_job(request: EmbedRequest, frame: Frame) -> EmbedJob:
+    """Cut the neighbourhood of the request's face out of the frame (a copy), so the 6 MB frame
+    itself can go as soon as detection is done."""
+    x0, y0, x1, y1 = request.detection.box
+    pad = JOB_CONTEXT * max(x1 - x0, y1 - y0)
+    h, w = frame.image.shape[:2]
+    cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
+    cx1, cy1 = int(min(w, x1 + pad + 1)), int(min(h, y1 + pad + 1))
+    patch = np.ascontiguousarray(frame.image[cy0:cy1, cx0:cx1])
+    meta = Frame(frame.seq, frame.t, frame.captured, frame.wall, _NO_IMAGE)
+    return EmbedJob(request, meta, patch, (cx0, cy0))
+
+
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+
+
+def _shifted(det: Detection, dx: float, dy: float) -> Detection:
+    x0, y0, x1, y1 = det.box
+    return Detection((x0 - dx, y0 - dy, x1 - dx, y1 - dy), det.score,
+                     det.keypoints - np.array([dx, dy], np.float32))
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    pick: int
+    frame: Frame
+    detections: tuple[Detection, ...]
+    seconds: float
+    views: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    job: EmbedJob
+    embedding: np.ndarray | None = field(repr=False)
+    quality: Quality | None
+    chip: np.ndarray | None = field(repr=False)
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertJob:
+    match: Match
+    live: Any                     # edge.watchlist.unit.LoadedList in force when the match was made
+    track_id: int
+    first_seen_wall: float
+    crop: np.ndarray = field(repr=False)
+    frame_seq: int
+    t: float
+    captured: float
+    box: tuple[float, float, float, float]
+    first_seen_t: float
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One alert raised (told to ``on_alert``; carries no image)."""
+
+    event_id: str
+    subject_id: str
+    category: str
+    score: float
+    threshold: float
+    margin: float
+    track_id: int
+    t: float                      # source time of the frame that produced the match
+    first_seen_t: float
+    frame_seq: int
+    box: tuple[float, float, float, float]
+    outbox_seq: int | None
+    capture_to_alert_s: float
+
+
+# --------------------------------------------------------------------------------------
+# Work board: the bounded frame queue and the embedding jobs
+# --------------------------------------------------------------------------------------
+
+
+class WorkBoard:
+    """Frames waiting for a worker (bounded; drop-oldest or blocking) and embedding jobs
+    (bounded; refused when full), behind one condition so a worker waits on both at once.
+    ``max_in_flight`` bounds the frames taken and not yet done (:meth:`frame_done`), so frames
+    cannot pile up between the workers and a coordinator that falls behind.
+
+    ``take()`` returns ``("job", job)`` (jobs first), ``("frame", pick, frame)`` with ``pick``
+    counting frames in the order they were taken, or None once stopped and empty.
+    """
+
+    def __init__(self, max_frames: int, max_jobs: int, drop_oldest: bool = True, max_in_flight: int = 0):
+        self.max_frames = max(1, int(max_frames))
+        self.max_jobs = max(1, int(max_jobs))
+        self.max_in_flight = int(max_in_flight)  # 0 = unlimited
+        self.in_flight = 0
+        self.drop_oldest = drop_oldest
+        self._frames: collections.deque = collections.deque()
+        self._jobs: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self.frames_closed = False
+        self.stopped = False
+        self.dropped = 0
+        self.picks = 0
+        self.jobs_refused = 0
+
+    def put_frame(self, frame) -> bool:
+        """Queue a frame; False if the board no longer takes frames."""
+        with self._cond:
+            if self.frames_closed or self.stopped:
+                return False
+            while len(self._frames) >= self.max_frames:
+                if self.drop_oldest:
+                    self._frames.popleft()
+                    self.dropped += 1
+                    break
+                self._cond.wait(0.5)
+                if self.frames_closed or self.stopped:
+                    return False
+            self._frames.append(frame)
+            self._cond.notify()
+            return True
+
+    def put_job(self, job) -> bool:
+        with self._cond:
+            if self.stopped or len(self._jobs) >= self.max_jobs:
+                self.jobs_refused += 1
+                return False
+            self._jobs.append(job)
+            self._cond.notify()
+            return True
+
+    def take(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._jobs:
+                    return ("job", self._jobs.popleft())
+                if self._frames and (not self.max_in_flight or self.in_flight < self.max_in_flight):
+                    frame = self._frames.popleft()
+                    pick = self.picks
+                    self.picks += 1
+                    self.in_flight += 1
+                    self._cond.notify_all()  # a blocked producer may go on
+                    return ("frame", pick, frame)
+                if self.stopped:
+                    return None
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return ("idle",)
+                self._cond.wait(wait)
+
+    def frame_done(self) -> None:
+        """A taken frame has been dealt with (its detections tracked): room for another."""
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def close_frames(self) -> None:
+        with self._cond:
+            self.frames_closed = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.stopped = True
+            self.frames_closed = True
+            self._frames.clear()
+            self._cond.notify_all()
+
+    @property
+    def frame_depth(self) -> int:
+        return len(self._frames)
+
+    @property
+    def job_depth(self) -> int:
+        return len(self._jobs)
+
+    def frames_done(self) -> bool:
+        """No frame will ever be taken again."""
+        with self._cond:
+            return self.frames_closed and not self._frames
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
+
+
+class StageTimes:
+    """Bounded windows of latency samples per stage (seconds), thread-safe."""
+
+    def __init__(self, size: int = SAMPLES):
+        self.size = size
+        self._lock = threading.Lock()
+        self._samples: dict[str, collections.deque] = {}
+        self._counts: collections.Counter = collections.Counter()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            d = self._samples.get(stage)
+            if d is None:
+                d = self._samples[stage] = collections.deque(maxlen=self.size)
+            d.append(seconds)
+            self._counts[stage] += 1
+
+    def samples(self, stage: str) -> np.ndarray:
+        """The retained samples of one stage (seconds; the newest ``size`` of them)."""
+        with self._lock:
+            return np.asarray(self._samples.get(stage, ()), float)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            items = {k: np.asarray(v, float) for k, v in self._samples.items() if v}
+            counts = dict(self._counts)
+        return {k: {"n": counts[k], "p50_ms": round(float(np.percentile(a, 50)) * 1e3, 3),
+                    "p95_ms": round(float(np.percentile(a, 95)) * 1e3, 3),
+                    "max_ms": round(float(a.max()) * 1e3, 3)} for k, a in sorted(items.items())}
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self._times: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            while self._times and now - self._times[0] > self.window:
+                self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and now - self._times[0] > self.window:
+                self._times.popleft()
+            n = len(self._times)
+            if n < 2:
+                return 0.0
+            span = max(now - self._times[0], 1e-6)
+        return n / span if span >= 1.0 else (n - 1) / max(self._times[-1] - self._times[0], 1e-6)
+
+
+def tune_malloc(mmap_threshold: int = 1 << 20, arenas: int = 4) -> bool:
+    """glibc: serve every allocation of ``mmap_threshold`` bytes or more (frames are ~6 MB)
+    with mmap, so a freed frame goes back to the system at once, instead of letting the
+    dynamic threshold move such blocks into the heap where they fragment and RSS creeps up
+    over a long run; and cap the malloc arenas the threads use. A no-op off glibc."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+        ok = libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+        ok = libc.mallopt(M_ARENA_MAX, int(arenas)) == 1 and ok
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def read_cpu_temperature() -> float | None:
+    from edge.alerts.publisher import cpu_temperature
+    return cpu_temperature()
+
+
+def process_rss_bytes() -> int:
+    """Resident set size of this process now (from /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+try:
+    import os as _os
+    _PAGE = _os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # pragma: no cover
+    _PAGE = 4096
+
+
+# --------------------------------------------------------------------------------------
+# Alert sinks
+# --------------------------------------------------------------------------------------
+
+
+class OutboxSink:
+    """Commits alerts to an :class:`~edge.alerts.outbox.Outbox` (replays and benches without a broker;
+    the service uses :meth:`AlertPublisher.submit`, which does the same and then publishes)."""
+
+    def __init__(self, outbox, max_image_bytes: int):
+        self.outbox = outbox
+        self.max_image_bytes = max_image_bytes
+
+    def __call__(self, alert: Mapping[str, Any]) -> int:
+        alerts.validate_alert(alert, self.max_image_bytes)
+        return self.outbox.enqueue(alert["event_id"], alerts.encode(alert))
+
+    def stats(self) -> dict:
+        return {"outbox_pending": self.outbox.pending_count()}
+
+
+def _placeholder_reference() -> np.ndarray:
+    """Shown beside the probe when a bundle carries no thumbnail for the subject."""
+    img = np.full((112, 112, 3), 200, np.uint8)
+    img[::8, :] = 150
+    return img
+
+
+# --------------------------------------------------------------------------------------
+# Detection planning
+# --------------------------------------------------------------------------------------
+
+
+def roi_view(box, scale: float, width: int, height: int, min_side: int = 48) -> tuple[int, int, int, int] | None:
+    """The square search region around a predicted face box, clipped to the frame."""
+    x0, y0, x1, y1 = box
+    side = max(min_side, scale * max(x1 - x0, y1 - y0))
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    vx0, vy0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    vx1, vy1 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
+    if vx1 - vx0 < 16 or vy1 - vy0 < 16:
+        return None
+    return vx0, vy0, vx1, vy1
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """Runs a source through detection, tracking, embedding, matching and alerting.
+
+    watchlist: returns the live :class:`~edge.watchlist.unit.LoadedList` or None (then nothing
+        matches; the pipeline still runs, tracks and reports).
+    sink: ``sink(alert_dict) -> outbox seq``: :meth:`AlertPublisher.submit` or an
+        :class:`OutboxSink`; None = alerts are built and told to ``on_alert`` only.
+    on_alert: called with an :class:`AlertEvent` for each alert (from the alerter thread).
+    recognizers: one :class:`~edge.recognition.api.Recognizer` per worker (built from ``config`` if None).
+    max_frames: stop after this many captured frames (0 = until the source ends or ``stop()``).
+    keep_events: how many :class:`AlertEvent` to keep in ``events`` (the service keeps none).
+    """
+
+    def __init__(self, config, source, *, watchlist: Callable[[], Any] = lambda: None,
+                 sink: Callable[[Mapping[str, Any]], int] | None = None, unit_id: str | None = None,
+                 on_alert: Callable[[AlertEvent], None] | None = None, recognizers=None,
+                 outbox_stats: Callable[[], Mapping[str, Any]] | None = None, max_frames: int = 0,
+                 drop_oldest: bool | None = None, keep_events: int = 10_000):
+        self.cfg = config
+        self.source = source
+        self.watchlist = watchlist
+        self.sink = sink
+        self.unit_id = unit_id if unit_id is not None else (config.unit.id or "unit")
+        self.on_alert = on_alert
+        self.outbox_stats = outbox_stats
+        self.max_frames = int(max_frames)
+        pc = config.pipeline
+        if recognizers is None:
+            recognizers = build_recognizers(config, pc.workers)
+        self.recognizers = list(recognizers)
+        self.tracker = Tracker(TrackParams.from_config(config))
+        live = getattr(source, "live", True) if drop_oldest is None else drop_oldest
+        self.board = WorkBoard(pc.queue_frames, pc.max_embed_queue, drop_oldest=live,
+                               max_in_flight=len(self.recognizers) + 2)
+        self.times = StageTimes()
+        self.fps = RateMeter(5.0)
+        self.gated: collections.Counter = collections.Counter()
+        self.counts: collections.Counter = collections.Counter()
+        self.events: list[AlertEvent] = []        # the first ``keep_events`` alerts raised (rigs, tests)
+        self.keep_events = int(keep_events)
+        self._results: queue.Queue = queue.Queue()
+        self._alerts: queue.Queue = queue.Queue(maxsize=256)
+        self._snapshot: tuple = ()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.error: BaseException | None = None
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.frames_captured = 0
+        self.frames_processed = 0
+        self.last_progress = time.monotonic()
+        self.first_frame = threading.Event()
+        self._lock = threading.Lock()
+        self._scan_cache: dict = {}
+        self.preview = None  # edge.appliance.preview.PreviewServer (the operator's screen), set by the service
+
+    # -- control -----------------------------------------------------------------------------
+
+    def start(self) -> "Pipeline":
+        self.started_at = time.monotonic()
+        self.last_progress = self.started_at
+        self._threads = [threading.Thread(target=self._guard(self._capture), name="edge-capture", daemon=True),
+                         threading.Thread(target=self._guard(self._coordinate), name="edge-track", daemon=True),
+                         threading.Thread(target=self._guard(self._alerter), name="edge-alert", daemon=True)]
+        for i, rec in enumerate(self.recognizers):
+            self._threads.append(threading.Thread(target=self._guard(self._worker, rec), name=f"edge-infer-{i}",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _guard(self, fn, *args):
+        def run():
+            try:
+                fn(*args)
+            except BaseException as exc:  # a dead thread must end the run, not hang it
+                log.exception("pipeline thread %s failed", threading.current_thread().name)
+                with self._lock:
+                    if self.error is None:
+                        self.error = exc
+                self._abort()
+        return run
+
+    def _abort(self) -> None:
+        self._done.set()
+        self._stop.set()
+        try:
+            self.source.close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+        self.board.stop()
+        try:
+            self._alerts.put_nowait(None)
+        except queue.Full:
+            pass
+        self._results.put(None)
+
+    def stop(self) -> None:
+        """Stop capturing; frames already taken are finished, then every thread ends."""
+        self._stop.set()
+        try:
+            self.source.close()
+        except Exception:  # pragma: no cover
+            pass
+        self.board.close_frames()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; True if it did. Re-raises a thread's failure."""
+        ok = self._done.wait(timeout)
+        if ok:
+            for t in self._threads:
+                t.join(5.0)
+        if self.error is not None:
+            err = self.error
+            if isinstance(err, EdgeError):
+                raise err
+            raise RuntimeError(f"pipeline failed: {err!r}") from err
+        return ok
+
+    def run(self) -> dict:
+        """start(), wait until the source ends, return :meth:`report`."""
+        self.start()
+        try:
+            self.wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self.report()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # -- capture -----------------------------------------------------------------------------
+
+    def _capture(self) -> None:
+        seq = 0
+        it = iter(self.source.frames())
+        try:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    t, image = next(it)
+                except StopIteration:
+                    break
+                now = time.monotonic()
+                self.times.add("capture", now - t0)
+                frame = Frame(seq, float(t), now, time.time(), image)
+                if not self.board.put_frame(frame):
+                    break
+                seq += 1
+                self.frames_captured = seq
+                if self.max_frames and seq >= self.max_frames:
+                    break
+        finally:
+            self.board.close_frames()
+            self._results.put(("wake",))
+            try:
+                self.source.close()
+            except Exception:  # pragma: no cover
+                pass
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _scan_runs(self, rec, width: int, height: int, pick: int) -> list:
+        key = (id(rec), width, height)
+        cycle = self._scan_cache.get(key)
+        if cycle is None:
+            cycle = self._scan_cache[key] = rec.detector.scan_cycle(width, height)
+        k = self.cfg.pipeline.scan_views_per_frame
+        if k >= len(cycle):
+            return list(cycle)
+        return [cycle[(pick * k + j) % len(cycle)] for j in range(k)]
+
+    def _worker(self, rec) -> None:
+        q = self.cfg.quality
+        scale = self.cfg.pipeline.roi_scale
+        roi_head = "near" if self.cfg.pipeline.roi_model == "short_range" and rec.detector.near is not None else "far"
+        while True:
+            item = self.board.take(timeout=0.5)
+            if item is None:
+                return
+            kind = item[0]
+            if kind == "idle":
+                continue
+            if kind == "frame":
+                _, pick, frame = item
+                t0 = time.monotonic()
+                self.times.add("queue_wait", t0 - frame.captured)
+                h, w = frame.image.shape[:2]
+                runs = self._scan_runs(rec, w, h, pick)
+                for st in self._snapshot:
+                    v = roi_view(st.predict(frame.t), scale, w, h)
+                    if v is not None:
+                        runs.append((v, roi_head))
+                err = None
+                try:
+                    dets = tuple(rec.detector.detect_views(frame.image, runs))
+                except Exception as exc:  # one bad frame must not stop the unit
+                    dets, err = (), f"{type(exc).__name__}: {exc}"
+                dt = time.monotonic() - t0
+                self.times.add("detect", dt)
+                self._results.put(DetectResult(pick, frame, dets, dt, len(runs), err))
+            else:
+                job: EmbedJob = item[1]
+                self._results.put(self._embed(rec, job, q))
+
+    def _embed(self, rec, job: EmbedJob, q) -> EmbedResult:
+        det = _shifted(job.request.detection, *job.offset)
+        image = job.patch
+        secs = {}
+        try:
+            t0 = time.monotonic()
+            points = rec.alignment_points(image, det)
+            t1 = time.monotonic()
+            chip = rec.aligner.chip(image, det, points)
+            t2 = time.monotonic()
+            quality = assess(det, chip, q.min_interocular_px, q.min_sharpness, q.max_abs_yaw_deg)
+            t3 = time.monotonic()
+            secs.update(landmarks=t1 - t0, align=t2 - t1, quality=t3 - t2)
+            if not quality.passed:
+                return EmbedResult(job, None, quality, None, secs)
+            vec = rec.embedder.embed(chip)[0]
+            secs["embed"] = time.monotonic() - t3
+            return EmbedResult(job, vec, quality, chip, secs)
+        except Exception as exc:
+            return EmbedResult(job, None, None, None, secs, f"{type(exc).__name__}: {exc}")
+
+    # -- coordinator -------------------------------------------------------------------------
+
+    def _coordinate(self) -> None:
+        pending: dict[int, DetectResult] = {}
+        expected = 0
+        outstanding = 0
+        while True:
+            try:
+                item = self._results.get(timeout=0.25)
+            except queue.Empty:
+                item = ("wake",)
+            if item is None:
+                break
+            if isinstance(item, DetectResult):
+                pending[item.pick] = item
+                while expected in pending:
+                    outstanding += self._on_frame(pending.pop(expected))
+                    expected += 1
+            elif isinstance(item, EmbedResult):
+                outstanding -= 1
+                self._on_embedding(item)
+            if (self.board.frames_done() and expected == self.board.picks and not pending
+                    and outstanding <= 0 and self.board.job_depth == 0):
+                break
+        self.tracker.end_all()
+        self._snapshot = ()
+        self.board.stop()
+        self._alerts.put(None)
+
+    def _on_frame(self, r: DetectResult) -> int:
+        t0 = time.monotonic()
+        self.board.frame_done()
+        if r.error:
+            self.counts["detect_errors"] += 1
+            if self.counts["detect_errors"] <= 3:
+                log.error("detection failed on frame %d: %s", r.frame.seq, r.error)
+        upd = self.tracker.update(r.frame.t, r.detections)
+        self._snapshot = self.tracker.snapshot()
+        if self.preview is not None:  # every face not a current match is blurred there (edge/appliance/preview.py)
+            self.preview.update(r.frame.image, preview_boxes(r.detections, self.tracker))
+        queued = 0
+        for req in upd.embed_requests:
+            if self.board.put_job(embed_job(req, r.frame)):
+                queued += 1
+            else:
+                self.tracker.embed_failed(req.key)
+                self.counts["embed_jobs_refused"] += 1
+        now = time.monotonic()
+        self.times.add("track", now - t0)
+        self.times.add("frame_latency", now - r.frame.captured)
+        self.counts["detections"] += len(r.detections)
+        self.counts["views"] += r.views
+        self.frames_processed += 1
+        self.fps.tick(now)
+        self.last_progress = now
+        if not self.first_frame.is_set():
+            self.first_frame.set()
+        return queued
+
+    def _on_embedding(self, r: EmbedResult) -> None:
+        for k, v in r.seconds.items():
+            self.times.add(k, v)
+        req = r.job.request
+        if r.embedding is None:
+            self.tracker.embed_failed(req.key)
+            if r.error:
+                self.counts["embed_errors"] += 1
+                if self.counts["embed_errors"] <= 3:
+                    log.error("embedding failed: %s", r.error)
+            elif r.quality is not None:
+                self.gated[r.quality.reason] += 1
+            return
+        frame = r.job.frame
+        out = self.tracker.add_embedding(req.key, r.embedding, quality_weight(r.quality), frame.t, r.chip,
+                                         req.prescore)
+        if out is None:
+            return
+        live = self.watchlist()
+        if live is None:
+            self.counts["unmatched_no_list"] += 1
+            return
+        t0 = time.monotonic()
+        m = live.matcher.match(out.probe)
+        self.times.add("match", time.monotonic() - t0)
+        if not m.is_hit or not self.tracker.should_alert(req.key, m.subject_id, frame.t):
+            return
+        first_t = self.tracker.first_seen(req.key)
+        first_t = frame.t if first_t is None else first_t
+        crop = self.tracker.crop(req.key)
+        job = AlertJob(m, live, out.track_id, frame.wall - max(0.0, frame.t - first_t),
+                       crop if crop is not None else r.chip, frame.seq, frame.t, frame.captured,
+                       tuple(req.detection.box), first_t)
+        try:
+            self._alerts.put(job, timeout=5.0)
+        except queue.Full:
+            self.counts["alerts_lost_queue_full"] += 1
+            log.error("alert queue full: an alert for track %d was not raised", out.track_id)
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    def _alerter(self) -> None:
+        max_bytes = int(self.cfg.outbox.max_crop_bytes)
+        while True:
+            job = self._alerts.get()
+            if job is None:
+                break
+            t0 = time.monotonic()
+            m = job.live.manifest
+            ctx = alerts.AlertContext(self.unit_id, m.operation_id, m.bundle_id, m.serial, m.model_sha256)
+            try:
+                ref = job.live.thumbnail(job.match.subject_id)
+            except Exception:
+                ref = None
+            try:
+                a = alerts.build_alert(job.match, ctx, track_id=job.track_id, first_seen=job.first_seen_wall,
+                                       probe_crop=job.crop, reference=ref if ref else _placeholder_reference(),
+                                       max_image_bytes=max_bytes, calibrated=job.live.matcher.meaning(job.match))
+                seq = self.sink(a) if self.sink is not None else None
+            except EdgeError as exc:
+                self.counts["alerts_failed"] += 1
+                log.error("an alert (track %d) was not committed: %s", job.track_id, exc)
+                continue
+            now = time.monotonic()
+            self.times.add("alert", now - t0)
+            latency = now - job.captured
+            self.times.add("capture_to_alert", latency)
+            self.counts["alerts"] += 1
+            ev = AlertEvent(a["event_id"], job.match.subject_id, job.match.category, job.match.score,
+                            job.match.threshold, job.match.margin, job.track_id, job.t, job.first_seen_t,
+                            job.frame_seq, job.box, seq, latency)
+            if len(self.events) < self.keep_events:
+                self.events.append(ev)
+            # the alert itself is in the outbox; the log only says that one was raised
+            log.info("alert raised: event %s (%s), track %d", ev.event_id, ev.category, ev.track_id)
+            if self.on_alert is not None:
+                try:
+                    self.on_alert(ev)
+                except Exception:
+                    log.exception("on_alert hook failed")
+        self.finished_at = time.monotonic()
+        self._done.set()
+
+    # -- figures -----------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """For :class:`AlertPublisher`'s health message and the status line."""
+        live = None
+        try:
+            live = self.watchlist()
+        except Exception:  # pragma: no cover - the provider is ours
+            pass
+        out = {"fps": round(self.fps.rate(), 2), "queue_depth": self.board.frame_depth,
+               "dropped_frames": self.board.dropped, "frames": self.frames_processed,
+               "tracks": len(self.tracker.tracks), "alerts": self.counts["alerts"],
+               "bundle_id": live.manifest.bundle_id if live is not None else None,
+               "bundle_expires_at": float(live.manifest.valid_until) if live is not None else None,
+               "cpu_temp_c": read_cpu_temperature()}
+        if self.outbox_stats is not None:
+            try:
+                out["outbox_pending"] = self.outbox_stats().get("outbox_pending")
+            except Exception:
+                out["outbox_pending"] = None
+        return out
+
+    def status_line(self) -> str:
+        h = self.health()
+        bundle = h["bundle_id"] or "none loaded (nothing can match)"
+        temp = "n/a" if h["cpu_temp_c"] is None else f"{h['cpu_temp_c']:.1f} C"
+        return (f"{h['fps']:.1f} fps, queue {h['queue_depth']}, dropped {h['dropped_frames']}, tracks {h['tracks']}, "
+                f"alerts {h['alerts']}, outbox {h.get('outbox_pending', 'n/a')}, watchlist {bundle}, cpu {temp}")
+
+    def report(self) -> dict:
+        end = self.finished_at or time.monotonic()
+        elapsed = max(end - self.started_at, 1e-9)
+        return {"frames_captured": self.frames_captured, "frames_processed": self.frames_processed,
+                "dropped_frames": self.board.dropped, "seconds": round(elapsed, 3),
+                "fps": round(self.frames_processed / elapsed, 2), "workers": len(self.recognizers),
+                "alerts": self.counts["alerts"], "tracks": self.tracker.counts["tracks"],
+                "tracker": dict(self.tracker.counts), "gated": dict(self.gated),
+                "counts": dict(self.counts), "views_per_frame": round(self.counts["views"] / max(1, self.frames_processed), 2),
+                "stages": self.times.summary()}
+
+
+def build_recognizers(config, workers: int):
+    """One Recognizer per worker. Interpreter threads are split between the workers
+    (``runtime.threads // workers``, at least 1): on a small CPU, parallel single-threaded
+    interpreters beat one multi-threaded one."""
+    from edge.recognition.api import Recognizer
+    from edge.config import validate
+    d = config.as_dict()
+    d["runtime"]["threads"] = max(1, int(config.runtime.threads) // max(1, workers))
+    per_worker = validate(d)
+    return [Recognizer(per_worker) for _ in range(max(1, workers))]

@@ -1,0 +1,146 @@
+"""``edge-lfr run --config FILE``: the appliance's service loop (systemd ``Type=notify``).
+
+Start-up: validate the configuration; load and verify the models; restore the watchlist from
+``unit.state_dir`` (re-verified; with none it runs, matches nothing and says so); open the
+camera (``camera.*``); start the MQTT publisher (alerts from the durable outbox, status,
+health); start the pipeline. ``READY=1`` is sent once the first frame has been processed.
+
+Running: ``WATCHDOG=1`` every half ``WatchdogSec`` while frames keep being processed (none for
+``pipeline.stall_seconds`` and the pings stop, so systemd restarts the service); the watchlist
+is polled every ``pipeline.watchlist_poll_seconds`` (a list loaded, wiped or expired by
+``edge-lfr watchlist ...`` is picked up, an expired one deleted); a status line goes to the
+log and to systemd's ``STATUS=`` every ``pipeline.status_interval_seconds``.
+
+Stopping: on SIGTERM / SIGINT, ``STOPPING=1``, capture stops, frames in flight finish, the
+publisher gets a few seconds to deliver, and the process exits 0. A camera that fails exits
+with 74 (systemd restarts the service); a bad configuration with 78 (it does not help to retry).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from edge.errors import EdgeError
+
+log = logging.getLogger("edge.appliance.service")
+
+
+def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, notifier=None,
+                stop_event: threading.Event | None = None, say=print) -> int:
+    from edge.appliance.capture import open_source
+    from edge.alerts.publisher import AlertPublisher
+    from edge.appliance.pipeline import Pipeline, build_recognizers, tune_malloc
+    from edge.appliance.sdnotify import Notifier
+    from edge.watchlist.unit import UnitWatchlist
+
+    notifier = notifier or Notifier.from_environment()
+    stop = stop_event or threading.Event()
+    if stop_event is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    tune_malloc()
+    t0 = time.monotonic()
+    recognizers = build_recognizers(cfg, cfg.pipeline.workers)
+    rec = recognizers[0]
+    log.info("models verified and loaded in %.1f s (%d worker(s)): %s", time.monotonic() - t0, len(recognizers),
+             "; ".join(f"{k} on {v}" for k, v in rec.delegates.items()))
+
+    unit = UnitWatchlist(cfg, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256))
+    from edge import __version__
+    from edge.privacy.audit import ServiceAudit  # docs/privacy.md: purge, then the hash-chained audit log
+    sa = ServiceAudit.start(cfg, unit=unit, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256),
+                            version=__version__)
+    try:
+        live = unit.restore()
+    except EdgeError as exc:
+        live = None
+        log.error("the stored watchlist could not be restored: %s", exc)
+        sa.restored(None, exc)
+    else:
+        sa.restored(live)
+    if live is None:
+        log.warning("no watchlist loaded: the unit runs but nothing can match until one is loaded "
+                    "(edge-lfr watchlist load B.edgewl --config ...)")
+    else:
+        s = live.manifest.summary()
+        log.info("watchlist %s serial %d: %d subjects, valid until %s", s["bundle_id"], s["serial"], s["subjects"],
+                 s["valid_until"])
+
+    holder: dict = {}
+    publisher = AlertPublisher(cfg, health_source=lambda: holder["p"].health() if "p" in holder else {})
+    # officers' decisions: first one wins in the match records, acknowledged, and written to the audit log
+    from edge.alerts.adjudication import AdjudicationRecords
+    publisher.on_adjudication = sa.wrap_adjudication(AdjudicationRecords(publisher.outbox).record)
+    source = open_source(cfg, path=source_path)
+    log.info("camera: %s", source.describe())
+    pipeline = Pipeline(cfg, source, watchlist=unit.current, sink=publisher.submit, unit_id=cfg.unit.id,
+                        outbox_stats=lambda: {"outbox_pending": publisher.outbox.pending_count()},
+                        max_frames=max_frames, keep_events=0, on_alert=sa.on_alert)
+    holder["p"] = pipeline
+    preview = None
+    if cfg.privacy.preview_port:  # loopback only; faces that are not a current match blurred
+        from edge.appliance.preview import PreviewServer
+        preview = PreviewServer(cfg.privacy.preview_port, max_fps=cfg.privacy.preview_max_fps, unit_id=cfg.unit.id,
+                                mode=cfg.privacy.preview_mode)
+        pipeline.preview = preview.start()
+    publisher.start()
+    pipeline.start()
+
+    pc = cfg.pipeline
+    ping_every = notifier.watchdog_interval()
+    ready = False
+    next_ping = next_poll = next_status = time.monotonic()
+    code = 0
+    try:
+        while not stop.is_set() and not pipeline.done:
+            now = time.monotonic()
+            if not ready and pipeline.first_frame.is_set():
+                ready = True
+                notifier.ready("running; " + pipeline.status_line())
+                log.info("ready: first frame processed %.1f s after start", now - t0)
+            if ping_every and ready and now >= next_ping:
+                if now - pipeline.last_progress < pc.stall_seconds:
+                    notifier.watchdog()
+                else:
+                    log.error("no frame processed for %.0f s: not feeding the watchdog", now - pipeline.last_progress)
+                next_ping = now + ping_every
+            if now >= next_poll:
+                next_poll = now + pc.watchlist_poll_seconds
+                try:
+                    if unit.poll():
+                        cur = unit.current()
+                        log.warning("watchlist changed: %s", cur.manifest.bundle_id if cur else
+                                    "none loaded (nothing can match)")
+                    unit.enforce_expiry()
+                except EdgeError as exc:
+                    log.error("watchlist poll failed: %s", exc)
+            if now >= next_status:
+                next_status = now + pc.status_interval_seconds
+                line = pipeline.status_line()
+                log.info("%s", line)
+                notifier.status(line)
+            sa.tick(pipeline)
+            stop.wait(0.2)
+    finally:
+        notifier.stopping("stopping")
+        pipeline.stop()
+        try:
+            pipeline.wait(30.0)
+        except EdgeError as exc:
+            log.error("pipeline ended with an error: %s", exc)
+            code = exc.exit_code
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            code = 1
+        publisher.stop(timeout=5.0)
+        rep = pipeline.report()
+        say(f"edge-lfr run: {rep['frames_processed']} frames in {rep['seconds']:.1f} s ({rep['fps']} fps), "
+            f"{rep['dropped_frames']} dropped, {rep['alerts']} alert(s)")
+        if preview is not None:
+            preview.close()
+        sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else "error"), pipeline)
+        notifier.close()
+    return code

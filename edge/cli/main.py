@@ -1,0 +1,161 @@
+"""``edge-lfr``: the one command-line entry point.
+
+Exit codes: 0 success; 1 unexpected failure; 2 bad command-line usage; 65 bad input data
+(image, watchlist, dataset); 69 model missing or altered; 78 bad configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from edge import __version__
+from edge.errors import EdgeError
+
+EPILOG = """\
+examples:
+  edge-lfr demo                               composed footage of real faces through the live pipeline, alerts over MQTT
+  edge-lfr run --config /etc/edge-lfr/unit.yaml     the unit's service (camera -> recognition -> alerts; systemd notify)
+  edge-lfr replay --source V.avi --bundle B.edgewl --expect E.yaml --junit out.xml --config rig.yaml   rig check
+  edge-lfr bench pipeline                     1080p, 5 faces: fps, stage latencies, RSS; face_recognition as reference
+  edge-lfr eval lfw --images ../shared/faces/lfw-dev --pairs ../shared/faces/lfw-dev/pairs.txt \\
+                    --out report.json --plot det.png --reference dlib
+  edge-lfr bench                              latency of detect, embed and match (dlib as reference)
+  edge-lfr bench alerts                       match -> outbox -> MQTT PUBACK latency on a loopback broker
+  edge-lfr alerts --config unit.yaml          print alerts as they arrive (technicians, test rigs)
+  edge-lfr keys issuer --name hq --out keys/  make an issuer signing key (then: keys device, keys trust add)
+  edge-lfr watchlist build --images enrol/ --manifest list.csv --issuer-key keys/hq.issuer.key \
+                    --unit van-01.unit.yaml --operation-id OP-1 --authorising-officer REF --valid-until ...
+  edge-lfr watchlist load B.edgewl            verify a signed bundle on this unit and swap it in
+  edge-lfr models                             verify every model against its manifest sha256
+  edge-lfr config                             every configuration option with its default and range
+
+exit codes: 0 ok, 1 failure, 2 usage, 65 bad input data, 66 key file missing, 69 model missing or
+altered, 74 unit state damaged, 75 bundle not valid yet, 77 refused by trust policy, 78 bad config
+"""
+
+
+def _cmd_config(args) -> int:
+    from edge.config import describe, load_config
+    if args.check:
+        cfg = load_config(args.check)
+        print(json.dumps(cfg.as_dict(), indent=2))
+        return 0
+    print(describe())
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from edge.recognition.runtime import find_models_dir, load_manifest, open_model
+    directory = find_models_dir(args.models_dir)
+    manifest = load_manifest(directory)
+    print(f"models folder: {directory}")
+    for name, entry in sorted(manifest["models"].items()):
+        m = open_model(name, directory, threads=1)
+        ins = ", ".join(f"{d['dtype'].__name__}{[int(v) for v in d['shape']]}" for d in m.inputs)
+        outs = ", ".join(f"{d['dtype'].__name__}{[int(v) for v in d['shape']]}" for d in m.outputs)
+        print(f"  {name:24s} ok  sha256 {m.sha256[:16]}…  {entry.get('precision', '?'):22s} "
+              f"in {ins} out {outs}  on {m.delegate} [{m.backend}]  licence {entry.get('licence', '?')}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from edge.tools.evaluation.command import run_eval_lfw
+    return run_eval_lfw(args)
+
+
+def _cmd_bench(args) -> int:
+    if args.target == "alerts":
+        from edge.cli.alerts import run_alert_bench
+        return run_alert_bench(args)
+    if args.target == "pipeline":
+        from edge.cli.run import run_pipeline_bench
+        return run_pipeline_bench(args)
+    from edge.tools.bench import run_bench
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-lfr", description="On-device live facial recognition for a standalone van unit: "
+        "quantized detection and embedding, signed watchlists, match-only alerts.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edge-lfr {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from edge.cli.run import add_commands as add_run_commands  # demo, run, replay
+    add_run_commands(sub)
+
+    s = sub.add_parser("eval", help="measure accuracy on a labelled face dataset")
+    esub = s.add_subparsers(dest="dataset", metavar="DATASET")
+    e = esub.add_parser("lfw", help="LFW-layout folder: pair verification and open-set identification",
+                        description="Runs the on-device pipeline on DIR/<Name>/<Name>_NNNN.jpg, scores "
+                        "the View-2 pairs with cross-validated thresholds, and open-set identification "
+                        "(watchlist = first image of each identity with >= 2 images; mated probes = their "
+                        "other images; non-mated probes = identities with one image).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--images", required=True, help="LFW-layout image folder")
+    e.add_argument("--pairs", required=True, help="pairs file in LFW View-2 format (header: <folds> <pairs-per-class>)")
+    e.add_argument("--out", required=True, help="JSON report to write")
+    e.add_argument("--plot", help="PNG file for the DET curves (FNIR vs FPIR)")
+    e.add_argument("--reference", choices=["dlib"], help="also run dlib's own float pipeline in the same run")
+    e.add_argument("--config", help="YAML configuration file")
+    e.add_argument("--limit", type=int, default=0, help="use only the first N identities (0 = all); for quick checks")
+    e.add_argument("--seed", type=int, default=0, help="seed for sampling watchlists smaller than 'all'")
+    from edge.tools.evaluation.command import add_lfw_arguments
+    add_lfw_arguments(e)
+    e.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("bench", help="latency of detect, embed and match (dlib as the reference), or of alerts",
+                       description="core (default): median and p95 latencies of each recognition stage on "
+                       "real faces; dlib's descriptor is timed in the same run as the ratio reference when "
+                       "dlib-bin is installed. alerts: match -> outbox -> MQTT PUBACK latency through a "
+                       "throwaway TLS mosquitto on loopback.")
+    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts", "pipeline"],
+                   help="what to measure (default: %(default)s)")
+    s.add_argument("--config", help="YAML configuration file")
+    s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
+    s.add_argument("--out", help="also write the figures as JSON here")
+    from edge.cli.alerts import add_bench_arguments, add_commands as add_alert_commands
+    add_bench_arguments(s)
+    from edge.cli.run import add_bench_arguments as add_pipeline_bench_arguments
+    add_pipeline_bench_arguments(s)
+    s.set_defaults(func=_cmd_bench)
+
+    add_alert_commands(sub)
+    from edge.cli.watchlist import add_commands as add_watchlist_commands
+    add_watchlist_commands(sub)
+    from edge.cli.audit import add_commands as add_audit_commands  # audit verify|show|purge, report
+    add_audit_commands(sub)
+
+    s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")
+    s.add_argument("--models-dir", default=None, help="folder with manifest.json (default: the installed models)")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("config", help="print every configuration option, or validate a file")
+    s.add_argument("--check", metavar="FILE", help="validate FILE and print the effective configuration")
+    s.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as exc:
+        print(f"edge-lfr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edge-lfr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

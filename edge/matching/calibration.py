@@ -1,0 +1,246 @@
+"""Threshold policy: the operator's target false-alarm rate -> a threshold for the loaded list.
+
+The operator states what false-alarm rate is acceptable per passer-by (``match.target_fpir``,
+e.g. 0.001 = one non-listed person in a thousand raises an alert); the unit turns it into a
+threshold for the size of the list it has loaded, from the calibration shipped with the model.
+
+Calibration
+-----------
+:class:`ScoreCalibration` is the impostor distribution of the normalised score ``t``
+(:mod:`edge.matching.normalise`): for a grid of false-match rates FMR = 10^-(j/10) (j = 0, 1, ...), the
+score ``t_j`` that a fraction FMR of single non-mated comparisons (a person on no list
+against one listed person) reaches. It was measured with identity-disjoint cross-fitting on
+lfw-dev (every comparison scored by a cohort that held neither face's identity), about 5
+million comparisons, so the table reaches FMR ~ 2e-6 with at least 10 comparisons beyond
+each point. Above the last point the tail is extrapolated as exponential (log10 FMR linear
+in ``t``, slope of the last decade), which for a lighter-than-exponential tail over-states
+FMR, i.e. errs towards fewer false alarms than asked for.
+
+Calibrated score
+----------------
+The score the matcher reports (``Match.score``, the alert's ``score``) is
+``-log10(FMR(t)) / 10``: 0.5 means one comparison in 10^5 between strangers scores as high,
+0.6 one in 10^6; it lies in [0, 1] (clipped at FMR 1e-10). It is monotone in ``t``, so
+ranking is unchanged.
+
+Threshold for a list of N subjects
+----------------------------------
+A passer-by is compared with all N subjects; with independent comparisons
+``FPIR = 1 - (1 - FMR)^N`` (:func:`edge.matching.match.fpir_for_fmr`). The threshold for a target
+FPIR is therefore the calibrated score of ``FMR = fmr_for_fpir(target, N)``. Checked on
+lfw-dev (cross-fitted, N = 100 / 500 / 826): asking for FPIR 0.01 gave 0.008-0.013 and asking
+for 0.001 gave 0.001-0.002 (a handful of false alarms; see ``docs/accuracy.md``). When the
+needed FMR is below the table (large lists at low targets) the threshold rests on the
+extrapolated tail and :meth:`ThresholdPolicy.meaning` says ``supported: false``.
+
+What an alert should carry
+--------------------------
+:meth:`ThresholdPolicy.meaning` gives, for a match's score, the ``calibrated`` object an
+alert should carry next to ``score`` and ``threshold``::
+
+    {"fmr": 3.2e-07,                 # one stranger in ~3 million scores this high vs this subject
+     "expected_fpir": 0.00026,       # fraction of non-listed passers-by scoring this high vs the whole list
+     "watchlist_size": 826,
+     "target_fpir": 0.001,           # what the operator asked for (threshold's FPIR)
+     "supported": true,              # false when the rate rests on the extrapolated tail
+     "calibration": "lfw-dev (3554 identities), identity-disjoint cross-fitted over 5 folds, 5,021,199 non-mated comparisons"}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edge.errors import InputError
+from edge.matching.match import fmr_for_fpir, fpir_for_fmr
+
+__all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECADES", "MIN_EXCEEDANCES",
+           "build_matcher"]
+
+#: the calibrated score is -log10(FMR) / SCORE_DECADES, clipped to [0, 1].
+SCORE_DECADES = 10.0
+#: a table point needs at least this many comparisons at or above it.
+MIN_EXCEEDANCES = 10
+#: table resolution: points per decade of FMR.
+POINTS_PER_DECADE = 10
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """Impostor distribution of the normalised score: ``t`` (strictly increasing) and
+    ``log10_fmr`` (strictly decreasing, first value 0) at each table point; ``tail_slope`` >
+    0 is the decades of FMR per unit of ``t`` beyond the last point."""
+
+    t: tuple[float, ...]
+    log10_fmr: tuple[float, ...]
+    tail_slope: float
+    n_comparisons: int
+    source: str = ""
+
+    def __post_init__(self):
+        t, f = np.asarray(self.t, float), np.asarray(self.log10_fmr, float)
+        if t.ndim != 1 or t.size < 2 or t.shape != f.shape:
+            raise InputError("calibration needs at least two (t, log10_fmr) points of equal length")
+        if not (np.isfinite(t).all() and np.isfinite(f).all()):
+            raise InputError("calibration points must be finite")
+        if np.any(np.diff(t) <= 0) or np.any(np.diff(f) >= 0) or f[0] > 0:
+            raise InputError("calibration t must increase strictly and log10_fmr decrease strictly from <= 0")
+        if not (math.isfinite(self.tail_slope) and self.tail_slope > 0):
+            raise InputError(f"calibration tail_slope {self.tail_slope} must be > 0")
+        if self.n_comparisons < 1:
+            raise InputError("calibration n_comparisons must be >= 1")
+
+    @property
+    def min_supported_fmr(self) -> float:
+        """The smallest FMR the table holds (below it the tail is extrapolated)."""
+        return 10.0 ** self.log10_fmr[-1]
+
+    def log10_fmr_at(self, t) -> np.ndarray:
+        """log10 FMR at normalised score(s) t (0 below the table, extrapolated above)."""
+        t = np.asarray(t, np.float64)
+        xs, ys = np.asarray(self.t), np.asarray(self.log10_fmr)
+        inside = np.interp(t, xs, ys, left=min(0.0, ys[0]))
+        above = ys[-1] - self.tail_slope * (t - xs[-1])
+        return np.where(t > xs[-1], above, inside)
+
+    def score(self, t) -> np.ndarray:
+        """Calibrated score -log10(FMR(t)) / SCORE_DECADES in [0, 1] (monotone in t)."""
+        return np.clip(-self.log10_fmr_at(t) / SCORE_DECADES, 0.0, 1.0)
+
+    def t_for_score(self, score: float) -> float:
+        """The normalised score t whose calibrated score is ``score`` (inverse of :meth:`score`)."""
+        target = -float(score) * SCORE_DECADES
+        xs, ys = np.asarray(self.t), np.asarray(self.log10_fmr)
+        if target >= ys[0]:
+            return float(xs[0])
+        if target < ys[-1]:
+            return float(xs[-1] + (ys[-1] - target) / self.tail_slope)
+        return float(np.interp(-target, -ys, xs))
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"t": [round(v, 6) for v in self.t], "log10_fmr": [round(v, 4) for v in self.log10_fmr],
+                "tail_slope": round(self.tail_slope, 6), "n_comparisons": int(self.n_comparisons),
+                "source": self.source,
+                "score": f"calibrated score = -log10(FMR(t)) / {SCORE_DECADES:g}, clipped to [0, 1]"}
+
+    @classmethod
+    def from_manifest(cls, d: Mapping[str, Any]) -> "ScoreCalibration":
+        try:
+            return cls(tuple(float(v) for v in d["t"]), tuple(float(v) for v in d["log10_fmr"]),
+                       float(d["tail_slope"]), int(d["n_comparisons"]), str(d.get("source", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"calibration is malformed: {exc}") from None
+
+
+def fit_calibration(impostor_t: Sequence[float] | np.ndarray, source: str = "") -> ScoreCalibration:
+    """The table from a sample of normalised scores of non-mated comparisons: a point every
+    1/POINTS_PER_DECADE decade of FMR from 1 down to the smallest FMR that still has
+    MIN_EXCEEDANCES comparisons at or above it; the tail slope is fitted (least squares) on
+    the last decade of points."""
+    x = np.asarray(impostor_t, np.float64).ravel()
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 10 * MIN_EXCEEDANCES:
+        raise InputError(f"calibration needs at least {10 * MIN_EXCEEDANCES} scores, got {n}")
+    x = np.sort(x)
+    ts, fs = [float(x[0])], [0.0]
+    j = 1
+    while True:
+        fmr = 10.0 ** (-j / POINTS_PER_DECADE)
+        m = int(math.floor(fmr * n))          # comparisons allowed at or above the point
+        if m < MIN_EXCEEDANCES:
+            break
+        t = float(x[n - m])                   # m scores are >= t (ties aside)
+        frac = float(np.count_nonzero(x >= t)) / n
+        if t > ts[-1] and math.log10(frac) < fs[-1]:
+            ts.append(t)
+            fs.append(math.log10(frac))
+        j += 1
+    if len(ts) < 3:
+        raise InputError("calibration sample too concentrated to build a table")
+    last = np.asarray(fs) <= fs[-1] + 1.0 + 1e-9   # the last decade of the table
+    tt, ff = np.asarray(ts)[last], np.asarray(fs)[last]
+    if tt.size >= 2 and np.ptp(tt) > 0:
+        slope = -float(np.polyfit(tt, ff, 1)[0])
+    else:
+        slope = 0.0
+    if not slope > 0:
+        slope = (fs[0] - fs[-1]) / (ts[-1] - ts[0])
+    return ScoreCalibration(tuple(ts), tuple(fs), slope, n, source)
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """A target FPIR for a list of ``watchlist_size`` subjects, on a calibration."""
+
+    calibration: ScoreCalibration
+    target_fpir: float
+    watchlist_size: int
+
+    def __post_init__(self):
+        if not 0.0 < float(self.target_fpir) < 1.0:
+            raise InputError(f"target_fpir {self.target_fpir} must be in (0, 1)")
+        if int(self.watchlist_size) < 1:
+            raise InputError(f"watchlist_size {self.watchlist_size} must be >= 1")
+
+    @property
+    def target_fmr(self) -> float:
+        return fmr_for_fpir(float(self.target_fpir), int(self.watchlist_size))
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated-score threshold: an alert needs ``score >= threshold``."""
+        return float(min(1.0, -math.log10(max(self.target_fmr, 1e-300)) / SCORE_DECADES))
+
+    @property
+    def supported(self) -> bool:
+        """False when the threshold rests on the extrapolated tail of the calibration."""
+        return self.target_fmr >= self.calibration.min_supported_fmr
+
+    def meaning(self, score: float) -> dict[str, Any]:
+        """The calibrated meaning of a calibrated ``score`` against this list (see the module
+        docstring): per-comparison FMR, expected FPIR for the list size, the target, whether
+        the table supports it, and the calibration's provenance."""
+        s = float(score)
+        fmr = 10.0 ** (-SCORE_DECADES * min(max(s, 0.0), 1.0))
+        return {"fmr": float(f"{fmr:.3g}"),
+                "expected_fpir": float(f"{fpir_for_fmr(min(fmr, 1.0), int(self.watchlist_size)):.3g}"),
+                "watchlist_size": int(self.watchlist_size),
+                "target_fpir": float(self.target_fpir),
+                "supported": bool(fmr >= self.calibration.min_supported_fmr),
+                "calibration": self.calibration.source}
+
+    def describe(self) -> str:
+        note = "" if self.supported else (f" (rests on the extrapolated tail: the calibration holds FMR down to "
+                                          f"{self.calibration.min_supported_fmr:.2g})")
+        return (f"target FPIR {self.target_fpir:g} with {self.watchlist_size} listed subjects -> per-comparison "
+                f"FMR {self.target_fmr:.3g} -> calibrated threshold {self.threshold:.4f}{note}")
+
+
+def build_matcher(watchlist, config, score_model=None):
+    """The unit's matcher for a loaded list, following ``config.match``:
+
+    * ``score_normalisation: true`` (default) - cohort-normalised calibrated scores from the
+      shipped score model (``score_model`` or :func:`edge.matching.normalise.load_score_model`), a
+      subject's several templates fused (:func:`edge.recognition.fusion.fuse_embeddings`, measured better
+      than the best single template), and every category's threshold from the policy for
+      ``target_fpir`` and the list's size;
+    * ``score_normalisation: false`` - raw cosine, best template, ``threshold_<category>``.
+
+    Per-subject thresholds carried by a bundle are raw cosines; with normalisation they remain a
+    floor on the raw cosine (an alert needs both)."""
+    from edge.matching.match import Matcher
+    from edge.types import CATEGORIES
+    m = config.match
+    cosine_thresholds = {c: float(getattr(m, f"threshold_{c}")) for c in CATEGORIES}
+    if not m.score_normalisation:
+        return Matcher(watchlist, cosine_thresholds)
+    if score_model is None:
+        from edge.matching.normalise import load_score_model
+        score_model = load_score_model(config.runtime.models_dir or None)
+    if score_model.calibration is None:
+        raise InputError("score normalisation needs the model's calibration (manifest score_normalisation.calibration)")
+    policy = ThresholdPolicy(score_model.calibration, float(m.target_fpir), len(watchlist))
+    return Matcher(watchlist, {c: policy.threshold for c in CATEGORIES}, scorer=score_model, policy=policy)
