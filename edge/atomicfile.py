@@ -24,8 +24,10 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename + fsync folder)."""
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename + fsync folder).
+    ``durable=False`` skips the fsyncs (still atomic for readers; not across a power cut): for
+    benches and tests that write thousands of times."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -33,7 +35,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
@@ -42,7 +45,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
         except OSError:
             pass
         raise
-    fsync_dir(p.parent)
+    if durable:
+        fsync_dir(p.parent)
 
 
 def write_new_private(path: str | os.PathLike, data: bytes) -> None:

@@ -71,7 +71,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.matching.normalise: a look-alike of "
                                       "many people needs a higher raw cosine) and calibrated scores; every category's "
                                       "threshold then comes from target_fpir and the loaded list's size, and the "
-                                      "threshold_<category> cosines are not used (edge.matching.calibration.build_matcher). "
+                                      "threshold_<category> cosines are not used (edge.matching.factory.build_matcher). "
                                       "false: raw cosine and threshold_<category>"),
         "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
                               "may raise an alert (0.001 = 1 in 1,000), converted into a threshold for the loaded "

@@ -8,13 +8,13 @@ the provisioning script's key and config commands must not pay for numpy, OpenCV
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package`` that import ``exports[name]`` (a module path)
     the first time ``package.name`` is read, and cache the value in the package."""
-    import sys
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)

@@ -5,12 +5,24 @@ BlazeFace's order; "right" is the subject's right, which appears on the image's 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the command line reads unit ids without loading numpy
+    import numpy as np
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 CATEGORIES = ("wanted", "missing", "vulnerable")
+#: A unit id (and an MQTT topic segment): it becomes a topic level, a certificate CN and a
+#: file name, so it may hold no "/", "+", "#", dot or space. Always matched whole.
+UNIT_ID_PATTERN = "[A-Za-z0-9_-]{1,64}"
+UNIT_ID_RE = re.compile(UNIT_ID_PATTERN)
+
+
+def is_unit_id(value: object) -> bool:
+    """True when ``value`` is a whole unit id (no trailing newline slips through ``$``)."""
+    return isinstance(value, str) and UNIT_ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

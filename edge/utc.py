@@ -6,6 +6,7 @@ YAML gives for unquoted timestamps); a time without a timezone is refused as amb
 """
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 
@@ -51,3 +52,22 @@ def parse_utc(value: object, what: str, error: type[Exception] = InputError) -> 
         raise error(f"{what}: {value!s:.60} has no timezone; write it in UTC with a trailing Z, "
                     "e.g. 2025-06-01T08:00:00Z")
     return int(dt.timestamp())
+
+
+def format_utc_ms(t: float | datetime, error: type[Exception] = InputError) -> str:
+    """``2025-06-01T08:00:00.123Z`` (milliseconds, UTC, "Z") from Unix seconds or an aware
+    datetime: the form of every alert, acknowledgement, health message and audit entry."""
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            raise error("timestamps must be timezone-aware (UTC)")
+        d = t.astimezone(timezone.utc)
+    elif isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+        d = datetime.fromtimestamp(float(t), tz=timezone.utc)
+    else:
+        raise error(f"not a timestamp: {t!r:.60}")
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def parse_utc_ms(text: str) -> float:
+    """Unix seconds (with fraction) of a :func:`format_utc_ms` string; ValueError otherwise."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

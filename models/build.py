@@ -423,17 +423,13 @@ def _landmark_entry(path: Path, version: str) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- b. chips
 def _lfw_identities(lfw_dir: Path) -> Dict[str, List[Path]]:
-    if not lfw_dir.is_dir():
-        raise BuildError(f"LFW folder {lfw_dir} not found (expected <Name>/<Name>_NNNN.jpg "
-                         "folders); pass --lfw")
-    identities = {}
-    for person in sorted(p for p in lfw_dir.iterdir() if p.is_dir()):
-        images = sorted(p for p in person.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if images:
-            identities[person.name] = images
-    if not identities:
-        raise BuildError(f"no <Name>/*.jpg images under {lfw_dir}")
-    return identities
+    """The LFW folder read by the one reader the evaluation uses (edge.tools.evaluation.lfw)."""
+    from edge.errors import InputError
+    from edge.tools.evaluation.lfw import scan_lfw
+    try:
+        return scan_lfw(lfw_dir)
+    except InputError as exc:
+        raise BuildError(f"{exc}; pass --lfw") from None
 
 
 def select_images(lfw_dir: Path, seed: int = SELECTION_SEED

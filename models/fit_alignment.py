@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from edge.recognition.align import Aligner  # noqa: E402
 from edge.recognition.detect import FaceDetector, iou_matrix  # noqa: E402
 from edge.recognition.images import load_image  # noqa: E402
+from edge.tools.evaluation.lfw import scan_lfw  # noqa: E402
 
 # candidate point sets: (source, indices); detector = BlazeFace keypoints, mesh = face-mesh points
 SUBSETS = {
@@ -64,13 +65,12 @@ def chip_to_image(details) -> np.ndarray:
 
 
 def sample_images(lfw: Path, count: int, seed: int, exclude: set[str]) -> list[Path]:
-    people = sorted(p for p in lfw.iterdir() if p.is_dir() and p.name not in exclude)
+    identities = scan_lfw(lfw)  # the evaluation's reader: same folder rules everywhere
+    people = [name for name in identities if name not in exclude]
     random.Random(seed).shuffle(people)
     out = []
-    for p in people:
-        imgs = sorted(p.glob("*.jpg"))
-        if imgs:
-            out.append(imgs[0])
+    for name in people:
+        out.append(identities[name][0])
         if len(out) == count:
             break
     return out

@@ -62,7 +62,7 @@ def load_embeddings(lfw: Path, pairs_path: Path, cache: str | None):
             table = ev.embed_ours(rec, paths, bar)
         if cache:
             ev.save_table(cache, table, meta)
-    provenance = {"embedder_sha256": rec.model_sha256, "detector": config.detector.model,
+    provenance = {"embedder_sha256": rec.embedder_sha256, "detector": config.detector.model,
                   "near_detector": config.detector.near_model, "mirror_average": config.embed.mirror_average,
                   "quality_gate": config.quality.as_dict()}
     return table, identities, pairs, provenance

@@ -37,11 +37,12 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from edge.alerts.message import (ACK_SCHEMA_VERSION, ADJUDICATION_OUTCOMES, AdjudicationError, adjudication_fields, utc_iso,
-                    validate_ack)
-from edge.dbhandle import DbHandle
+from edge.alerts.message import adjudication_fields, validate_ack
 from edge.alerts.outbox import Outbox, OutboxError
+from edge.alerts.schema import ACK_SCHEMA_VERSION, ADJUDICATION_OUTCOMES, AdjudicationError
+from edge.dbhandle import DbHandle
 from edge.types import CATEGORIES
+from edge.utc import format_utc_ms
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class AdjudicationRecords(DbHandle):
         return validate_ack({
             "schema_version": ACK_SCHEMA_VERSION, "unit_id": rec["unit_id"], "event_id": event_id,
             "outcome": rec["outcome"], "officer_id": rec["officer_id"], "decided_at": rec["decided_at"],
-            "recorded_at": utc_iso(rec["recorded_at"]), "duplicate": duplicate})
+            "recorded_at": format_utc_ms(rec["recorded_at"]), "duplicate": duplicate})
 
     # -- reading --------------------------------------------------------------------------
 
@@ -227,5 +228,5 @@ class AdjudicationRecords(DbHandle):
         for category, outcome, n in rows:
             by_category.setdefault(category, {o: 0 for o in ADJUDICATION_OUTCOMES})[outcome] = int(n)
             totals[outcome] += int(n)
-        return {"start": utc_iso(t0), "end": utc_iso(t1), "by": by, **totals, "adjudicated": sum(totals.values()),
+        return {"start": format_utc_ms(t0), "end": format_utc_ms(t1), "by": by, **totals, "adjudicated": sum(totals.values()),
                 "unadjudicated": pending, "by_category": by_category}

@@ -10,8 +10,8 @@ de-duplicate by ``event_id`` (at-least-once delivery, exactly once per event id)
 
 Bounded: at most ``max_pending`` undelivered rows. When full, :meth:`enqueue` refuses the *new*
 alert with :class:`OutboxFull` and a persistent counter (``refused``) goes up; an older alert
-is never dropped to make room. Delivered rows are kept for ``retention_days`` and then deleted
-(``secure_delete=ON`` overwrites their pages; the WAL is checkpointed and truncated).
+is never dropped to make room. How long rows are kept is decided in one place,
+:mod:`edge.alerts.expiry` (run by the unit's retention purge).
 
 At open the file is checked (``PRAGMA quick_check``); a damaged file raises
 :class:`OutboxCorrupt` naming the file and the first problems, and is left untouched for
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite"
 SCHEMA_VERSION = 1
-DAY = 86400.0
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -82,13 +81,12 @@ class Row:
 class Outbox(DbHandle):
     """SQLite (WAL) outbox of alerts. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: str | os.PathLike, *, max_pending: int = 10_000, retention_days: float = 30,
+    def __init__(self, path: str | os.PathLike, *, max_pending: int = 10_000,
                  clock: Callable[[], float] = time.time, check: str = "quick"):
         if max_pending < 1:
             raise OutboxError(f"max_pending must be at least 1, got {max_pending}")
         self.path = Path(path)
         self.max_pending = int(max_pending)
-        self.retention_s = float(retention_days) * DAY
         self.clock = clock
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
@@ -112,8 +110,7 @@ class Outbox(DbHandle):
     @classmethod
     def from_config(cls, cfg, clock: Callable[[], float] = time.time) -> "Outbox":
         """The unit's outbox: ``<unit.state_dir>/outbox.sqlite`` with the ``outbox.*`` settings."""
-        return cls(Path(cfg.unit.state_dir) / FILENAME, max_pending=cfg.outbox.max_pending,
-                   retention_days=cfg.outbox.retention_days, clock=clock)
+        return cls(Path(cfg.unit.state_dir) / FILENAME, max_pending=cfg.outbox.max_pending, clock=clock)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -253,19 +250,6 @@ class Outbox(DbHandle):
         age = None if oldest is None else max(0.0, float(self.clock()) - float(oldest))
         return {"pending": int(pending), "delivered": int(delivered), "refused": int(refused),
                 "oldest_pending_s": age}
-
-    def purge(self, now: float | None = None) -> int:
-        """Delete delivered rows older than the retention; returns how many. Undelivered rows are
-        never purged (they are bounded by ``max_pending``)."""
-        cutoff = float(self.clock() if now is None else now) - self.retention_s
-        with self._tx() as db:
-            n = db.execute("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?",
-                           (cutoff,)).rowcount
-        if n:
-            with self._lock:
-                self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("outbox: purged %d delivered alerts older than %.0f days", n, self.retention_s / DAY)
-        return n
 
     def integrity_check(self, full: bool = True) -> list[str]:
         """``PRAGMA integrity_check`` (or ``quick_check``) result lines; ``['ok']`` when sound."""

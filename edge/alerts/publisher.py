@@ -31,18 +31,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
-import re
-import socket
-import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -50,17 +45,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.alerts import message as alerts
-from edge.errors import ConfigError
+from edge.alerts import schema as message_schema
+from edge.alerts.connection import PAHO_LOG, no_delay, tls_context, topics
 from edge.alerts.outbox import Outbox
+from edge.utc import format_utc_ms
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Room paho keeps above the alert window for the status and health messages, so that it
 #: never queues an alert behind them (a queued message would break the resend order).
 _EXTRA_INFLIGHT = 4
 _POLL_SECONDS = 1.0
-_PURGE_SECONDS = 3600.0
 #: Acknowledgements waiting to be published at most (the oldest is dropped past this: the
 #: handheld sends its adjudication again when no acknowledgement comes, and gets a duplicate one).
 _MAX_QUEUED_ACKS = 1000
@@ -68,68 +63,6 @@ _MAX_QUEUED_ACKS = 1000
 _ACK_STALE_SECONDS = 30.0
 
 
-class _QuietAfterDisconnect(logging.Filter):
-    """paho 2.2 logs an error from its network thread once a clean disconnect has closed the socket."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
-
-
-_PAHO_LOG = logging.getLogger(__name__ + ".paho")
-_PAHO_LOG.addFilter(_QuietAfterDisconnect())
-
-
-def _no_delay(client, userdata, sock) -> None:
-    """Disable Nagle's algorithm: an alert spans several TLS records, and waiting for the peer's
-    delayed ACK before sending the last one adds ~40 ms to every publish."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-class Topics(NamedTuple):
-    alert: str
-    status: str
-    health: str
-    adjudication: str
-    ack: str
-
-
-def topics(prefix: str, unit_id: str) -> Topics:
-    """The five topics of one unit: ``<prefix>/<unit>/alert|status|health|adjudication|adjudication/ack``."""
-    for what, value in (("mqtt.topic_prefix", prefix), ("unit.id", unit_id)):
-        if not _ID.match(value or ""):
-            raise ConfigError(f"{what}: {value!r} must be 1-64 letters, digits, '-' or '_'")
-    base = f"{prefix}/{unit_id}"
-    return Topics(f"{base}/alert", f"{base}/status", f"{base}/health", f"{base}/adjudication",
-                  f"{base}/adjudication/ack")
-
-
-def tls_context(ca_file: str, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
-    """TLS 1.2+ client context that verifies the broker against ``ca_file`` (and its host name)
-    and presents the client certificate."""
-    for what, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{what}: {path} not found (make certificates with deploy/make-certs.sh)")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cert_file:
-            ctx.load_cert_chain(cert_file, key_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"cannot load the MQTT TLS files ({ca_file}, {cert_file}, {key_file}): {exc}") from None
-    return ctx
-
-
-def cpu_temperature() -> float | None:
-    """CPU temperature in °C from the kernel's first thermal zone (a Pi has one), else None."""
-    try:
-        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()
-        value = int(raw) / 1000.0
-    except (OSError, ValueError):
-        return None
-    return round(value, 1) if -50 <= value <= 150 else None
 
 
 @dataclass(frozen=True)
@@ -204,12 +137,12 @@ class AlertPublisher:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.unit_id, protocol=mqtt.MQTTv5,
                         reconnect_on_failure=True)
         c.tls_set_context(self._ctx)
-        c.will_set(self.topics.status, alerts.STATUS_OFFLINE, qos=1, retain=True)
+        c.will_set(self.topics.status, message_schema.STATUS_OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(m.reconnect_min_seconds, m.reconnect_max_seconds)
         c.max_inflight_messages_set(self.window + _EXTRA_INFLIGHT)
         c.max_queued_messages_set(0)
-        c.enable_logger(_PAHO_LOG)
-        c.on_socket_open = _no_delay
+        c.enable_logger(PAHO_LOG)
+        c.on_socket_open = no_delay
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -266,9 +199,9 @@ class AlertPublisher:
     def submit(self, alert: Mapping[str, Any]) -> int:
         """Validate an alert, commit it to the outbox (durable before anything is sent) and wake
         the pump. Returns the outbox seq. Raises AlertError or OutboxFull (never drops older ones)."""
-        alerts.validate_alert(alert, self.max_image_bytes)
+        message_schema.validate_alert(alert, self.max_image_bytes)
         if alert["unit_id"] != self.unit_id:
-            raise alerts.AlertError(f"alert is for unit {alert['unit_id']!r}, this unit is {self.unit_id!r}")
+            raise message_schema.AlertError(f"alert is for unit {alert['unit_id']!r}, this unit is {self.unit_id!r}")
         seq = self.outbox.enqueue(alert["event_id"], alerts.encode(alert))
         self._events.put(("wake",))
         return seq
@@ -323,13 +256,12 @@ class AlertPublisher:
         now = time.monotonic()
         next_health = now + interval
         next_poll = now + _POLL_SECONDS
-        next_purge = now
         stopping_until: float | None = None
         offline_mid: int | None = None
         offline_deadline = 0.0
         while True:
             now = time.monotonic()
-            wake = min(next_poll, next_health, next_purge)
+            wake = min(next_poll, next_health)
             if self._hold_until > now:
                 wake = min(wake, self._hold_until)
             try:
@@ -376,7 +308,7 @@ class AlertPublisher:
             if stopping_until is not None:
                 if offline_deadline == 0.0 and (not self._inflight or now >= stopping_until or not self.connected):
                     if self.connected:
-                        info = self.client.publish(self.topics.status, alerts.STATUS_OFFLINE, qos=1, retain=True)
+                        info = self.client.publish(self.topics.status, message_schema.STATUS_OFFLINE, qos=1, retain=True)
                         self._other_mids[info.mid] = "status"
                         offline_mid = info.mid
                     offline_deadline = now + 2.0
@@ -390,19 +322,13 @@ class AlertPublisher:
             if now >= next_health:
                 next_health = now + interval
                 self._publish_health()
-            if now >= next_purge:
-                next_purge = now + _PURGE_SECONDS
-                try:
-                    self.outbox.purge()
-                except Exception as exc:  # the outbox must never stop the pump
-                    log.error("outbox purge failed: %s", exc)
 
     def _handle_connected(self, session_present: bool) -> None:
         with self._lock:
             self.connected = True
             self.connects += 1
         log.info("connected to %s:%d (session present: %s)", self.cfg.mqtt.host, self.cfg.mqtt.port, session_present)
-        info = self.client.publish(self.topics.status, alerts.STATUS_ONLINE, qos=1, retain=True)
+        info = self.client.publish(self.topics.status, message_schema.STATUS_ONLINE, qos=1, retain=True)
         self._other_mids[info.mid] = "status"
         self.client.subscribe(self.topics.adjudication, qos=1)
         if self._inflight:
@@ -494,7 +420,7 @@ class AlertPublisher:
     def _queue_ack(self, ack: Any) -> None:
         try:
             payload = alerts.encode(alerts.validate_ack(ack))
-        except (alerts.AlertError, TypeError, ValueError) as exc:
+        except (message_schema.AlertError, TypeError, ValueError) as exc:
             log.error("on_adjudication returned an acknowledgement that is not sent: %s", exc)
             return
         if ack["unit_id"] != self.unit_id:
@@ -531,34 +457,37 @@ class AlertPublisher:
         def number(v):
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else None
 
+        def celsius(v):  # the pipeline's reading (edge.appliance.metrics); a van in winter is below 0
+            return round(float(v), 1) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
         def count(v):
             return int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
         expires = src.get("bundle_expires_at")
         try:
-            expires = alerts.utc_iso(expires) if expires is not None else None
-        except alerts.AlertError:
+            expires = format_utc_ms(expires) if expires is not None else None
+        except message_schema.AlertError:
             expires = None
         bundle = src.get("bundle_id")
         msg = {
-            "schema_version": alerts.SCHEMA_VERSION,
+            "schema_version": message_schema.SCHEMA_VERSION,
             "unit_id": self.unit_id,
-            "at": alerts.utc_iso(datetime.now(timezone.utc)),
+            "at": format_utc_ms(datetime.now(timezone.utc)),
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "fps": number(src.get("fps")),
             "queue_depth": count(src.get("queue_depth")),
             "outbox_pending": st["outbox_pending"],
             "outbox_refused": st["outbox_refused"],
             "oldest_pending_s": None if st["oldest_pending_s"] is None else round(st["oldest_pending_s"], 1),
-            "bundle_id": bundle if isinstance(bundle, str) and not alerts.check(bundle, alerts.HEALTH_SCHEMA["properties"]["bundle_id"]) else None,
+            "bundle_id": bundle if isinstance(bundle, str) and not message_schema.check(bundle, message_schema.HEALTH_SCHEMA["properties"]["bundle_id"]) else None,
             "bundle_expires_at": expires,
-            "cpu_temp_c": cpu_temperature(),
+            "cpu_temp_c": celsius(src.get("cpu_temp_c")),
             "publish_rejections": st["publish_rejections"],
             "adjudications_rejected": st["adjudications_rejected"],
         }
-        errors = alerts.check(msg, alerts.HEALTH_SCHEMA)
+        errors = message_schema.check(msg, message_schema.HEALTH_SCHEMA)
         if errors:
-            raise alerts.AlertError("invalid health message: " + "; ".join(errors))
+            raise message_schema.AlertError("invalid health message: " + "; ".join(errors))
         return msg
 
     def _handle_message(self, topic: str, payload: bytes) -> None:
@@ -568,8 +497,8 @@ class AlertPublisher:
         try:
             adj = alerts.parse_adjudication(payload, int(self.cfg.mqtt.max_adjudication_bytes))
             if not self.outbox.knows(adj["event_id"]):
-                raise alerts.AdjudicationError(f"unknown event id {adj['event_id']}")
-        except alerts.AdjudicationError as exc:
+                raise message_schema.AdjudicationError(f"unknown event id {adj['event_id']}")
+        except message_schema.AdjudicationError as exc:
             with self._lock:
                 self.adjudications_rejected += 1
             log.warning("adjudication rejected (%d bytes on %s): %s", len(payload), topic, exc)
@@ -592,57 +521,3 @@ class AlertPublisher:
             if ack is not None:
                 self._queue_ack(ack)
 
-
-# --- a subscriber for technicians, rigs and tests -------------------------------------------
-
-class Subscriber:
-    """A small QoS 1 subscriber (TLS client certificate, MQTT v5). ``on_message(topic, payload)``
-    runs in paho's network thread. With ``persistent=True`` the broker keeps the session (and
-    queues messages) while it is away; the session belongs to the certificate's identity."""
-
-    def __init__(self, host: str, port: int, ca_file: str, cert_file: str, key_file: str,
-                 subscriptions: list[str], on_message: Callable[[str, bytes], None], *,
-                 client_id: str = "", persistent: bool = False, session_expiry: int = 3600,
-                 reconnect_max: float = 5.0):
-        self.host, self.port = host, port
-        self.subscriptions = list(subscriptions)
-        self.on_message_cb = on_message
-        self.persistent = persistent
-        self.session_expiry = session_expiry
-        self.connected = threading.Event()
-        self.refused: str | None = None
-        self.suback: list[str] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{os.getpid()}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.tls_set_context(tls_context(ca_file, cert_file, key_file))
-        self.client.reconnect_delay_set(0.2, reconnect_max)
-        self.client.enable_logger(_PAHO_LOG)
-        self.client.on_socket_open = _no_delay
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *a: self.connected.clear()
-        self.client.on_message = lambda c, u, m: self.on_message_cb(m.topic, bytes(m.payload))
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.suback.extend(str(r) for r in rcs)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self.refused = str(reason_code)
-            return
-        for t in self.subscriptions:
-            client.subscribe(t, qos=1)
-        self.connected.set()
-
-    def start(self, wait: float = 10.0) -> "Subscriber":
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(self.session_expiry if self.persistent else 0)
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=not self.persistent,
-                                  properties=props)
-        self.client.loop_start()
-        if wait and not self.connected.wait(wait):
-            self.stop()
-            raise ConnectionError(f"could not connect to {self.host}:{self.port}"
-                                  + (f" ({self.refused})" if self.refused else ""))
-        return self
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

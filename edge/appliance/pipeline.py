@@ -34,68 +34,36 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from edge.alerts import message as alerts
+from edge.alerts import schema as message_schema
+from edge.appliance.board import AlertEvent, AlertJob, DetectResult, EmbedJob, EmbedResult, Frame, WorkBoard, embed_job
+from edge.appliance.metrics import RateMeter, StageTimes, read_cpu_temperature
+from edge.appliance.preview import preview_boxes
+from edge.appliance.track import Tracker, TrackParams, quality_weight
 from edge.errors import EdgeError
 from edge.recognition.quality import assess
-from edge.appliance.preview import preview_boxes
-from edge.appliance.track import EmbedRequest, Tracker, TrackParams, quality_weight
-from edge.types import Detection, Match, Quality
+from edge.types import Detection
 
 log = logging.getLogger(__name__)
 
-#: Latency samples kept per stage (a sliding window: memory stays flat on a long run).
-SAMPLES = 4096
+#: Frames a worker may take beyond one per worker before the coordinator has tracked the older
+#: ones: enough that a worker finishing a frame finds the next one waiting, few enough that the
+#: track predictions the workers search around are at most this many frames old.
+FRAMES_AHEAD = 2
+#: Alerts waiting for the alerter thread. A full queue makes the coordinator wait (frame intake
+#: slows, the oldest frames drop and are counted): a matched alert is never dropped here.
+ALERT_QUEUE_SIZE = 256
+#: How often a waiting thread looks up to see whether the run is stopping (seconds).
+POLL_SECONDS = 0.25
+#: Window of the frames-per-second figure in health and status (seconds).
+FPS_WINDOW_SECONDS = 5.0
+#: How long wait() gives each thread to finish once the run has ended (seconds).
+JOIN_SECONDS = 5.0
 
-
-# --------------------------------------------------------------------------------------
-# Records passed between threads
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Frame:
-    seq: int            # capture order
-    t: float            # source timestamp (s)
-    captured: float     # time.monotonic() when the frame was in memory
-    wall: float         # time.time() at the same moment
-    image: np.ndarray = field(repr=False)
-
-
-@dataclass(frozen=True)
-class EmbedJob:
-    """One detection to embed, with the part of its frame around it (``patch``, whose top-left
-    corner is ``offset`` in the frame): a job does not keep the whole frame alive."""
-
-    request: EmbedRequest
-    frame: Frame                      # the frame's metadata; its image is dropped (see embed_job)
-    patch: np.ndarray = field(repr=False)
-    offset: tuple[int, int] = (0, 0)
-
-
-#: An embedding job keeps this many face widths of context on each side of the face box:
-#: enough for the landmark model's crop (1.5x the box) and the aligner's anti-aliasing pad.
-JOB_CONTEXT = 1.25
-
-
-def embed_job(request: EmbedRequest, frame: Frame) -> EmbedJob:
-    """Cut the neighbourhood of the request's face out of the frame (a copy), so the 6 MB frame
-    itself can go as soon as detection is done."""
-    x0, y0, x1, y1 = request.detection.box
-    pad = JOB_CONTEXT * max(x1 - x0, y1 - y0)
-    h, w = frame.image.shape[:2]
-    cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
-    cx1, cy1 = int(min(w, x1 + pad + 1)), int(min(h, y1 + pad + 1))
-    patch = np.ascontiguousarray(frame.image[cy0:cy1, cx0:cx1])
-    meta = Frame(frame.seq, frame.t, frame.captured, frame.wall, _NO_IMAGE)
-    return EmbedJob(request, meta, patch, (cx0, cy0))
-
-
-_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
 def _shifted(det: Detection, dx: float, dy: float) -> Detection:
@@ -103,267 +71,9 @@ def _shifted(det: Detection, dx: float, dy: float) -> Detection:
     return Detection((x0 - dx, y0 - dy, x1 - dx, y1 - dy), det.score,
                      det.keypoints - np.array([dx, dy], np.float32))
 
-
-@dataclass(frozen=True)
-class DetectResult:
-    pick: int
-    frame: Frame
-    detections: tuple[Detection, ...]
-    seconds: float
-    views: int
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    job: EmbedJob
-    embedding: np.ndarray | None = field(repr=False)
-    quality: Quality | None
-    chip: np.ndarray | None = field(repr=False)
-    seconds: Mapping[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class AlertJob:
-    match: Match
-    live: Any                     # edge.watchlist.unit.LoadedList in force when the match was made
-    track_id: int
-    first_seen_wall: float
-    crop: np.ndarray = field(repr=False)
-    frame_seq: int
-    t: float
-    captured: float
-    box: tuple[float, float, float, float]
-    first_seen_t: float
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    """One alert raised (told to ``on_alert``; carries no image)."""
-
-    event_id: str
-    subject_id: str
-    category: str
-    score: float
-    threshold: float
-    margin: float
-    track_id: int
-    t: float                      # source time of the frame that produced the match
-    first_seen_t: float
-    frame_seq: int
-    box: tuple[float, float, float, float]
-    outbox_seq: int | None
-    capture_to_alert_s: float
-
-
-# --------------------------------------------------------------------------------------
-# Work board: the bounded frame queue and the embedding jobs
-# --------------------------------------------------------------------------------------
-
-
-class WorkBoard:
-    """Frames waiting for a worker (bounded; drop-oldest or blocking) and embedding jobs
-    (bounded; refused when full), behind one condition so a worker waits on both at once.
-    ``max_in_flight`` bounds the frames taken and not yet done (:meth:`frame_done`), so frames
-    cannot pile up between the workers and a coordinator that falls behind.
-
-    ``take()`` returns ``("job", job)`` (jobs first), ``("frame", pick, frame)`` with ``pick``
-    counting frames in the order they were taken, or None once stopped and empty.
-    """
-
-    def __init__(self, max_frames: int, max_jobs: int, drop_oldest: bool = True, max_in_flight: int = 0):
-        self.max_frames = max(1, int(max_frames))
-        self.max_jobs = max(1, int(max_jobs))
-        self.max_in_flight = int(max_in_flight)  # 0 = unlimited
-        self.in_flight = 0
-        self.drop_oldest = drop_oldest
-        self._frames: collections.deque = collections.deque()
-        self._jobs: collections.deque = collections.deque()
-        self._cond = threading.Condition()
-        self.frames_closed = False
-        self.stopped = False
-        self.dropped = 0
-        self.picks = 0
-        self.jobs_refused = 0
-
-    def put_frame(self, frame) -> bool:
-        """Queue a frame; False if the board no longer takes frames."""
-        with self._cond:
-            if self.frames_closed or self.stopped:
-                return False
-            while len(self._frames) >= self.max_frames:
-                if self.drop_oldest:
-                    self._frames.popleft()
-                    self.dropped += 1
-                    break
-                self._cond.wait(0.5)
-                if self.frames_closed or self.stopped:
-                    return False
-            self._frames.append(frame)
-            self._cond.notify()
-            return True
-
-    def put_job(self, job) -> bool:
-        with self._cond:
-            if self.stopped or len(self._jobs) >= self.max_jobs:
-                self.jobs_refused += 1
-                return False
-            self._jobs.append(job)
-            self._cond.notify()
-            return True
-
-    def take(self, timeout: float | None = None):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._jobs:
-                    return ("job", self._jobs.popleft())
-                if self._frames and (not self.max_in_flight or self.in_flight < self.max_in_flight):
-                    frame = self._frames.popleft()
-                    pick = self.picks
-                    self.picks += 1
-                    self.in_flight += 1
-                    self._cond.notify_all()  # a blocked producer may go on
-                    return ("frame", pick, frame)
-                if self.stopped:
-                    return None
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    return ("idle",)
-                self._cond.wait(wait)
-
-    def frame_done(self) -> None:
-        """A taken frame has been dealt with (its detections tracked): room for another."""
-        with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
-
-    def close_frames(self) -> None:
-        with self._cond:
-            self.frames_closed = True
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self.stopped = True
-            self.frames_closed = True
-            self._frames.clear()
-            self._cond.notify_all()
-
-    @property
-    def frame_depth(self) -> int:
-        return len(self._frames)
-
-    @property
-    def job_depth(self) -> int:
-        return len(self._jobs)
-
-    def frames_done(self) -> bool:
-        """No frame will ever be taken again."""
-        with self._cond:
-            return self.frames_closed and not self._frames
-
-
 # --------------------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------------------
-
-
-class StageTimes:
-    """Bounded windows of latency samples per stage (seconds), thread-safe."""
-
-    def __init__(self, size: int = SAMPLES):
-        self.size = size
-        self._lock = threading.Lock()
-        self._samples: dict[str, collections.deque] = {}
-        self._counts: collections.Counter = collections.Counter()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            d = self._samples.get(stage)
-            if d is None:
-                d = self._samples[stage] = collections.deque(maxlen=self.size)
-            d.append(seconds)
-            self._counts[stage] += 1
-
-    def samples(self, stage: str) -> np.ndarray:
-        """The retained samples of one stage (seconds; the newest ``size`` of them)."""
-        with self._lock:
-            return np.asarray(self._samples.get(stage, ()), float)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        with self._lock:
-            items = {k: np.asarray(v, float) for k, v in self._samples.items() if v}
-            counts = dict(self._counts)
-        return {k: {"n": counts[k], "p50_ms": round(float(np.percentile(a, 50)) * 1e3, 3),
-                    "p95_ms": round(float(np.percentile(a, 95)) * 1e3, 3),
-                    "max_ms": round(float(a.max()) * 1e3, 3)} for k, a in sorted(items.items())}
-
-
-class RateMeter:
-    """Events per second over the last ``window`` seconds."""
-
-    def __init__(self, window: float = 5.0):
-        self.window = window
-        self._times: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-
-    def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._times.append(now)
-            while self._times and now - self._times[0] > self.window:
-                self._times.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            while self._times and now - self._times[0] > self.window:
-                self._times.popleft()
-            n = len(self._times)
-            if n < 2:
-                return 0.0
-            span = max(now - self._times[0], 1e-6)
-        return n / span if span >= 1.0 else (n - 1) / max(self._times[-1] - self._times[0], 1e-6)
-
-
-def tune_malloc(mmap_threshold: int = 1 << 20, arenas: int = 4) -> bool:
-    """glibc: serve every allocation of ``mmap_threshold`` bytes or more (frames are ~6 MB)
-    with mmap, so a freed frame goes back to the system at once, instead of letting the
-    dynamic threshold move such blocks into the heap where they fragment and RSS creeps up
-    over a long run; and cap the malloc arenas the threads use. A no-op off glibc."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
-        ok = libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
-        ok = libc.mallopt(M_ARENA_MAX, int(arenas)) == 1 and ok
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
-def read_cpu_temperature() -> float | None:
-    from edge.alerts.publisher import cpu_temperature
-    return cpu_temperature()
-
-
-def process_rss_bytes() -> int:
-    """Resident set size of this process now (from /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-try:
-    import os as _os
-    _PAGE = _os.sysconf("SC_PAGE_SIZE")
-except (ValueError, OSError, AttributeError):  # pragma: no cover
-    _PAGE = 4096
-
 
 # --------------------------------------------------------------------------------------
 # Alert sinks
@@ -379,7 +89,7 @@ class OutboxSink:
         self.max_image_bytes = max_image_bytes
 
     def __call__(self, alert: Mapping[str, Any]) -> int:
-        alerts.validate_alert(alert, self.max_image_bytes)
+        message_schema.validate_alert(alert, self.max_image_bytes)
         return self.outbox.enqueue(alert["event_id"], alerts.encode(alert))
 
     def stats(self) -> dict:
@@ -423,7 +133,7 @@ class Pipeline:
     sink: ``sink(alert_dict) -> outbox seq``: :meth:`AlertPublisher.submit` or an
         :class:`OutboxSink`; None = alerts are built and told to ``on_alert`` only.
     on_alert: called with an :class:`AlertEvent` for each alert (from the alerter thread).
-    recognizers: one :class:`~edge.recognition.api.Recognizer` per worker (built from ``config`` if None).
+    recognizers: one :class:`~edge.recognition.api.Recognizer` per worker (:func:`edge.appliance.builder.build_recognizers`).
     max_frames: stop after this many captured frames (0 = until the source ends or ``stop()``).
     keep_events: how many :class:`AlertEvent` to keep in ``events`` (the service keeps none).
     """
@@ -442,21 +152,21 @@ class Pipeline:
         self.outbox_stats = outbox_stats
         self.max_frames = int(max_frames)
         pc = config.pipeline
-        if recognizers is None:
-            recognizers = build_recognizers(config, pc.workers)
+        if not recognizers:
+            raise ValueError("Pipeline needs its recognizers (edge.appliance.builder.build_recognizers)")
         self.recognizers = list(recognizers)
         self.tracker = Tracker(TrackParams.from_config(config))
         live = getattr(source, "live", True) if drop_oldest is None else drop_oldest
         self.board = WorkBoard(pc.queue_frames, pc.max_embed_queue, drop_oldest=live,
-                               max_in_flight=len(self.recognizers) + 2)
+                               max_in_flight=len(self.recognizers) + FRAMES_AHEAD)
         self.times = StageTimes()
-        self.fps = RateMeter(5.0)
+        self.fps = RateMeter(FPS_WINDOW_SECONDS)
         self.gated: collections.Counter = collections.Counter()
-        self.counts: collections.Counter = collections.Counter()
+        self.tally: collections.Counter = collections.Counter()   # events by name; see counts()
         self.events: list[AlertEvent] = []        # the first ``keep_events`` alerts raised (rigs, tests)
         self.keep_events = int(keep_events)
         self._results: queue.Queue = queue.Queue()
-        self._alerts: queue.Queue = queue.Queue(maxsize=256)
+        self._alerts: queue.Queue = queue.Queue(maxsize=ALERT_QUEUE_SIZE)
         self._snapshot: tuple = ()
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -527,7 +237,7 @@ class Pipeline:
         ok = self._done.wait(timeout)
         if ok:
             for t in self._threads:
-                t.join(5.0)
+                t.join(JOIN_SECONDS)
         if self.error is not None:
             err = self.error
             if isinstance(err, EdgeError):
@@ -595,7 +305,7 @@ class Pipeline:
         scale = self.cfg.pipeline.roi_scale
         roi_head = "near" if self.cfg.pipeline.roi_model == "short_range" and rec.detector.near is not None else "far"
         while True:
-            item = self.board.take(timeout=0.5)
+            item = self.board.take(timeout=POLL_SECONDS)
             if item is None:
                 return
             kind = item[0]
@@ -652,7 +362,7 @@ class Pipeline:
         outstanding = 0
         while True:
             try:
-                item = self._results.get(timeout=0.25)
+                item = self._results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 item = ("wake",)
             if item is None:
@@ -677,25 +387,25 @@ class Pipeline:
         t0 = time.monotonic()
         self.board.frame_done()
         if r.error:
-            self.counts["detect_errors"] += 1
-            if self.counts["detect_errors"] <= 3:
+            self.tally["detect_errors"] += 1
+            if self.tally["detect_errors"] <= 3:
                 log.error("detection failed on frame %d: %s", r.frame.seq, r.error)
         upd = self.tracker.update(r.frame.t, r.detections)
         self._snapshot = self.tracker.snapshot()
         if self.preview is not None:  # every face not a current match is blurred there (edge/appliance/preview.py)
-            self.preview.update(r.frame.image, preview_boxes(r.detections, self.tracker))
+            self.preview.update(r.frame.image, preview_boxes(r.detections, self._snapshot))
         queued = 0
         for req in upd.embed_requests:
             if self.board.put_job(embed_job(req, r.frame)):
                 queued += 1
             else:
                 self.tracker.embed_failed(req.key)
-                self.counts["embed_jobs_refused"] += 1
+                self.tally["embed_jobs_refused"] += 1
         now = time.monotonic()
         self.times.add("track", now - t0)
         self.times.add("frame_latency", now - r.frame.captured)
-        self.counts["detections"] += len(r.detections)
-        self.counts["views"] += r.views
+        self.tally["detections"] += len(r.detections)
+        self.tally["views"] += r.views
         self.frames_processed += 1
         self.fps.tick(now)
         self.last_progress = now
@@ -710,8 +420,8 @@ class Pipeline:
         if r.embedding is None:
             self.tracker.embed_failed(req.key)
             if r.error:
-                self.counts["embed_errors"] += 1
-                if self.counts["embed_errors"] <= 3:
+                self.tally["embed_errors"] += 1
+                if self.tally["embed_errors"] <= 3:
                     log.error("embedding failed: %s", r.error)
             elif r.quality is not None:
                 self.gated[r.quality.reason] += 1
@@ -723,7 +433,7 @@ class Pipeline:
             return
         live = self.watchlist()
         if live is None:
-            self.counts["unmatched_no_list"] += 1
+            self.tally["unmatched_no_list"] += 1
             return
         t0 = time.monotonic()
         m = live.matcher.match(out.probe)
@@ -736,11 +446,27 @@ class Pipeline:
         job = AlertJob(m, live, out.track_id, frame.wall - max(0.0, frame.t - first_t),
                        crop if crop is not None else r.chip, frame.seq, frame.t, frame.captured,
                        tuple(req.detection.box), first_t)
-        try:
-            self._alerts.put(job, timeout=5.0)
-        except queue.Full:
-            self.counts["alerts_lost_queue_full"] += 1
-            log.error("alert queue full: an alert for track %d was not raised", out.track_id)
+        self.hand_off(job)
+
+    def hand_off(self, job: AlertJob) -> None:
+        """Give a matched alert to the alerter thread, waiting as long as it takes: an alert, once
+        matched, reaches the sink (the outbox) or the run fails. Only a run that is already
+        failing (a thread died) gives up, and then says so."""
+        waited = 0.0
+        while True:
+            try:
+                self._alerts.put(job, timeout=POLL_SECONDS)
+                break
+            except queue.Full:
+                if self._done.is_set():
+                    self.tally["alerts_lost_failed_run"] += 1
+                    log.error("the pipeline is failing: an alert (track %d) could not be handed on", job.track_id)
+                    return
+                waited += POLL_SECONDS
+                if waited == JOIN_SECONDS:
+                    log.warning("the alerter has taken no alert for %.0f s (a slow sink?); waiting", waited)
+        if waited:
+            self.tally["alert_hand_off_waits"] += 1
 
     # -- alerts ------------------------------------------------------------------------------
 
@@ -763,14 +489,14 @@ class Pipeline:
                                        max_image_bytes=max_bytes, calibrated=job.live.matcher.meaning(job.match))
                 seq = self.sink(a) if self.sink is not None else None
             except EdgeError as exc:
-                self.counts["alerts_failed"] += 1
+                self.tally["alerts_failed"] += 1
                 log.error("an alert (track %d) was not committed: %s", job.track_id, exc)
                 continue
             now = time.monotonic()
             self.times.add("alert", now - t0)
             latency = now - job.captured
             self.times.add("capture_to_alert", latency)
-            self.counts["alerts"] += 1
+            self.tally["alerts"] += 1
             ev = AlertEvent(a["event_id"], job.match.subject_id, job.match.category, job.match.score,
                             job.match.threshold, job.match.margin, job.track_id, job.t, job.first_seen_t,
                             job.frame_seq, job.box, seq, latency)
@@ -797,7 +523,7 @@ class Pipeline:
             pass
         out = {"fps": round(self.fps.rate(), 2), "queue_depth": self.board.frame_depth,
                "dropped_frames": self.board.dropped, "frames": self.frames_processed,
-               "tracks": len(self.tracker.tracks), "alerts": self.counts["alerts"],
+               "tracks": len(self.tracker.tracks), "alerts": self.tally["alerts"],
                "bundle_id": live.manifest.bundle_id if live is not None else None,
                "bundle_expires_at": float(live.manifest.valid_until) if live is not None else None,
                "cpu_temp_c": read_cpu_temperature()}
@@ -807,6 +533,16 @@ class Pipeline:
             except Exception:
                 out["outbox_pending"] = None
         return out
+
+    def counts(self) -> dict:
+        """Cumulative counts of this run, numbers only (the audit log's ``counts`` entries): frames
+        processed, faces (tracks started: each person passing by counted once), embeddings, faces
+        gated by the quality gate by reason, alerts, dropped frames. Safe from any thread."""
+        # copying a dict is one step under the GIL: no torn read while the threads count on
+        tracker, gated, tally = dict(self.tracker.counts), dict(self.gated), dict(self.tally)
+        return {"frames": int(self.frames_processed), "faces": int(tracker.get("tracks", 0)),
+                "embeddings": int(tracker.get("embeddings", 0)), "gated": {str(k): int(v) for k, v in gated.items()},
+                "alerts": int(tally.get("alerts", 0)), "dropped_frames": int(self.board.dropped)}
 
     def status_line(self) -> str:
         h = self.health()
@@ -821,19 +557,7 @@ class Pipeline:
         return {"frames_captured": self.frames_captured, "frames_processed": self.frames_processed,
                 "dropped_frames": self.board.dropped, "seconds": round(elapsed, 3),
                 "fps": round(self.frames_processed / elapsed, 2), "workers": len(self.recognizers),
-                "alerts": self.counts["alerts"], "tracks": self.tracker.counts["tracks"],
+                "alerts": self.tally["alerts"], "tracks": self.tracker.counts["tracks"],
                 "tracker": dict(self.tracker.counts), "gated": dict(self.gated),
-                "counts": dict(self.counts), "views_per_frame": round(self.counts["views"] / max(1, self.frames_processed), 2),
+                "counts": dict(self.tally), "views_per_frame": round(self.tally["views"] / max(1, self.frames_processed), 2),
                 "stages": self.times.summary()}
-
-
-def build_recognizers(config, workers: int):
-    """One Recognizer per worker. Interpreter threads are split between the workers
-    (``runtime.threads // workers``, at least 1): on a small CPU, parallel single-threaded
-    interpreters beat one multi-threaded one."""
-    from edge.recognition.api import Recognizer
-    from edge.config import validate
-    d = config.as_dict()
-    d["runtime"]["threads"] = max(1, int(config.runtime.threads) // max(1, workers))
-    per_worker = validate(d)
-    return [Recognizer(per_worker) for _ in range(max(1, workers))]

@@ -33,12 +33,14 @@ from __future__ import annotations
 import html
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 
 from edge.errors import ConfigError
@@ -68,28 +70,24 @@ class PreviewBox:
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
-def preview_boxes(detections, tracker=None) -> list[PreviewBox]:
+def preview_boxes(detections, tracks=()) -> list[PreviewBox]:
     """The faces of one frame for :meth:`PreviewServer.update`: every detection, and every live
     track's box (a face the detector missed in this frame is still covered). A track that raised
-    an alert is a match, shown by the crop that matched (``tracker``: the pipeline's
-    :class:`~edge.appliance.track.Tracker`, right after ``update`` with these detections; call it from the
-    thread that owns the tracker)."""
+    an alert is a match, shown by the crop that matched (``tracks``: the pipeline's
+    :meth:`~edge.appliance.track.Tracker.snapshot` right after ``update`` with these detections)."""
     out = []
-    if tracker is not None:
-        for tr in list(getattr(tracker, "tracks", {}).values()):
-            box = tuple(float(v) for v in tr.box)
-            alerted = getattr(tr, "alerted", None)
-            if alerted:
-                out.append(PreviewBox(box, True, ", ".join(sorted(alerted))[:40], getattr(tr, "crop", None)))
-            else:
-                out.append(PreviewBox(box, False))
+    for st in tracks:
+        box = tuple(float(v) for v in st.box)
+        if st.alerted:
+            out.append(PreviewBox(box, True, ", ".join(st.alerted)[:40], st.match_crop))
+        else:
+            out.append(PreviewBox(box, False))
     for d in detections:
-        out.append(PreviewBox(tuple(float(v) for v in getattr(d, "box", d)), False))
+        out.append(PreviewBox(tuple(float(v) for v in d.box), False))
     return out
 
 
 def _obscure(region: np.ndarray) -> np.ndarray:
-    import cv2
     h, w = region.shape[:2]
     if h < 2 or w < 2:
         return np.full_like(region, int(region.mean()) if region.size else 0)
@@ -104,7 +102,6 @@ def _scene(frame: np.ndarray) -> np.ndarray:
     """The whole frame reduced to :data:`SCENE_CELLS` cells across and smoothed back: people
     remain coloured blobs where they stand, no face keeps a feature (a close-up a third of the
     frame wide becomes about 5 cells)."""
-    import cv2
     h, w = frame.shape[:2]
     cw = max(1, min(SCENE_CELLS, w))
     ch = max(1, round(h * cw / w))
@@ -131,7 +128,6 @@ def redact(frame: np.ndarray, faces: Iterable[PreviewBox | tuple], *, mode: str 
     (:func:`_scene`), so a face the detector missed is obscured too. ``mode="faces"``: the frame
     as it is. Then every face box (grown by :data:`MARGIN`) is obscured, and each current match
     is drawn as a red box holding the face crop that matched (:func:`_draw_match`)."""
-    import cv2
     if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.dtype != np.uint8:
         raise ValueError("frame must be an RGB uint8 array")
     if mode not in MODES:
@@ -159,7 +155,6 @@ def _draw_match(out: np.ndarray, f: PreviewBox, scale: float) -> None:
     match. The live face itself is not shown: a track can be handed over to the next person
     stepping into the same place before any new embedding could tell them apart, and the crop
     is, by construction, the matched face."""
-    import cv2
     h, w = out.shape[:2]
     x0, y0, x1, y1 = (int(round(v * scale)) for v in f.box)
     if f.crop is not None and f.crop.ndim == 3 and f.crop.shape[2] == 3 and f.crop.size:
@@ -291,7 +286,6 @@ class PreviewServer:
             allow_reuse_address = True
 
         if ":" in self.host:
-            import socket
             Server.address_family = socket.AF_INET6
         self._httpd = Server((self.host, int(port)), Handler)
         self.port = self._httpd.server_address[1]
@@ -319,7 +313,6 @@ class PreviewServer:
 
     def _encode(self) -> tuple[bytes | None, int]:
         """The JPEG of the latest frame (redacted and encoded outside the lock, once per frame)."""
-        import cv2
         with self._cond:
             if self._latest is None:
                 return None, self._version

@@ -22,6 +22,11 @@ import signal
 import threading
 import time
 
+from edge import __version__
+from edge.appliance.builder import build_appliance, build_recognizers
+from edge.appliance.capture import open_source
+from edge.appliance.metrics import tune_malloc
+from edge.appliance.sdnotify import Notifier
 from edge.errors import EdgeError
 
 log = logging.getLogger("edge.appliance.service")
@@ -29,12 +34,6 @@ log = logging.getLogger("edge.appliance.service")
 
 def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, notifier=None,
                 stop_event: threading.Event | None = None, say=print) -> int:
-    from edge.appliance.capture import open_source
-    from edge.alerts.publisher import AlertPublisher
-    from edge.appliance.pipeline import Pipeline, build_recognizers, tune_malloc
-    from edge.appliance.sdnotify import Notifier
-    from edge.watchlist.unit import UnitWatchlist
-
     notifier = notifier or Notifier.from_environment()
     stop = stop_event or threading.Event()
     if stop_event is None and threading.current_thread() is threading.main_thread():
@@ -44,50 +43,14 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
     tune_malloc()
     t0 = time.monotonic()
     recognizers = build_recognizers(cfg, cfg.pipeline.workers)
-    rec = recognizers[0]
     log.info("models verified and loaded in %.1f s (%d worker(s)): %s", time.monotonic() - t0, len(recognizers),
-             "; ".join(f"{k} on {v}" for k, v in rec.delegates.items()))
-
-    unit = UnitWatchlist(cfg, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256))
-    from edge import __version__
-    from edge.privacy.audit import ServiceAudit  # docs/privacy.md: purge, then the hash-chained audit log
-    sa = ServiceAudit.start(cfg, unit=unit, model_sha256=rec.embedder.model.spec.get("sha256", rec.model_sha256),
-                            version=__version__)
-    try:
-        live = unit.restore()
-    except EdgeError as exc:
-        live = None
-        log.error("the stored watchlist could not be restored: %s", exc)
-        sa.restored(None, exc)
-    else:
-        sa.restored(live)
-    if live is None:
-        log.warning("no watchlist loaded: the unit runs but nothing can match until one is loaded "
-                    "(edge-lfr watchlist load B.edgewl --config ...)")
-    else:
-        s = live.manifest.summary()
-        log.info("watchlist %s serial %d: %d subjects, valid until %s", s["bundle_id"], s["serial"], s["subjects"],
-                 s["valid_until"])
-
-    holder: dict = {}
-    publisher = AlertPublisher(cfg, health_source=lambda: holder["p"].health() if "p" in holder else {})
-    # officers' decisions: first one wins in the match records, acknowledged, and written to the audit log
-    from edge.alerts.adjudication import AdjudicationRecords
-    publisher.on_adjudication = sa.wrap_adjudication(AdjudicationRecords(publisher.outbox).record)
+             "; ".join(f"{k} on {v}" for k, v in recognizers[0].delegates.items()))
     source = open_source(cfg, path=source_path)
     log.info("camera: %s", source.describe())
-    pipeline = Pipeline(cfg, source, watchlist=unit.current, sink=publisher.submit, unit_id=cfg.unit.id,
-                        outbox_stats=lambda: {"outbox_pending": publisher.outbox.pending_count()},
-                        max_frames=max_frames, keep_events=0, on_alert=sa.on_alert)
-    holder["p"] = pipeline
-    preview = None
-    if cfg.privacy.preview_port:  # loopback only; faces that are not a current match blurred
-        from edge.appliance.preview import PreviewServer
-        preview = PreviewServer(cfg.privacy.preview_port, max_fps=cfg.privacy.preview_max_fps, unit_id=cfg.unit.id,
-                                mode=cfg.privacy.preview_mode)
-        pipeline.preview = preview.start()
-    publisher.start()
-    pipeline.start()
+    app = build_appliance(cfg, source, recognizers=recognizers, restore=True, publish=True, audit=True, preview=True,
+                          version=__version__, max_frames=max_frames, keep_events=0)
+    unit, pipeline, sa = app.unit, app.pipeline, app.audit
+    app.start()
 
     pc = cfg.pipeline
     ping_every = notifier.watchdog_interval()
@@ -135,12 +98,10 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
         except RuntimeError as exc:
             log.error("%s", exc)
             code = 1
-        publisher.stop(timeout=5.0)
+        app.close(publisher_timeout=5.0)
         rep = pipeline.report()
         say(f"edge-lfr run: {rep['frames_processed']} frames in {rep['seconds']:.1f} s ({rep['fps']} fps), "
             f"{rep['dropped_frames']} dropped, {rep['alerts']} alert(s)")
-        if preview is not None:
-            preview.close()
         sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else "error"), pipeline)
         notifier.close()
     return code

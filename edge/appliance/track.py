@@ -100,6 +100,10 @@ class TrackState:
     box: tuple[float, float, float, float]
     velocity: tuple[float, float]  # centre pixels per second
     last_seen: float
+    #: subjects this track alerted on (the operator's preview shows it as a match)
+    alerted: tuple[str, ...] = ()
+    #: the crop that produced the match, only for a track that alerted (shown in place of the face)
+    match_crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def predict(self, t: float) -> tuple[float, float, float, float]:
         dt = max(0.0, t - self.last_seen)
@@ -137,10 +141,18 @@ def prescore(det: Detection) -> float:
     return float(interocular_px(det) * frontal * det.score)
 
 
+#: Eye distance (frame pixels) at which a face gets full weight in its track's fused probe: about a
+#: 100 px wide face, from which the 150 px aligned chip is cut with little upsampling. A smaller
+#: face's embedding is noisier, so it counts proportionally less (never below MIN_WEIGHT).
+FULL_WEIGHT_INTEROCULAR_PX = 40.0
+#: No embedding that passed the quality gate counts for nothing in the fused probe.
+MIN_WEIGHT = 0.05
+
+
 def quality_weight(q: Quality) -> float:
     """Fusion weight of an embedded face from its measured quality, in (0, 1]."""
-    size = min(1.0, max(0.05, q.interocular_px / 40.0))
-    frontal = max(0.05, math.cos(math.radians(min(90.0, abs(q.yaw_deg)))))
+    size = min(1.0, max(MIN_WEIGHT, q.interocular_px / FULL_WEIGHT_INTEROCULAR_PX))
+    frontal = max(MIN_WEIGHT, math.cos(math.radians(min(90.0, abs(q.yaw_deg)))))
     return float(size * frontal)
 
 
@@ -189,7 +201,9 @@ class _Track:
         self.suspect = False      # the box jumped: check the face before trusting the identity
 
     def state(self) -> TrackState:
-        return TrackState(self.key, self.id, self.box, self.velocity, self.last_seen)
+        alerted = tuple(sorted(self.alerted))
+        return TrackState(self.key, self.id, self.box, self.velocity, self.last_seen, alerted,
+                          self.crop if alerted else None)
 
 
 @dataclass
@@ -225,6 +239,8 @@ class Tracker:
         return i
 
     def snapshot(self) -> tuple[TrackState, ...]:
+        """Every live track as an immutable :class:`TrackState`: what the detection planner and the
+        operator's preview read (other threads never touch the tracker itself)."""
         return tuple(tr.state() for tr in self.tracks.values())
 
     def update(self, t: float, detections) -> Update:

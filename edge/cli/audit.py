@@ -77,9 +77,12 @@ def cmd_show(args) -> int:
 def cmd_purge(args) -> int:
     from edge.privacy.audit import AuditLog
     from edge.privacy.retention import Retention
+    from edge.watchlist.unit import UnitWatchlist
     cfg = _config(args)
     audit = AuditLog.from_config(cfg)
-    counts = Retention(cfg, audit=audit).run()
+    # the stopped unit's stored list: expiry and the end-of-deployment wipe need no model
+    unit = UnitWatchlist(cfg, model_sha256=None) if cfg.unit.id else None
+    counts = Retention(cfg, audit=audit, unit=unit).run()
     print(json.dumps(counts, indent=2, sort_keys=True))
     return 0
 

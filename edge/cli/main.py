@@ -11,6 +11,13 @@ import logging
 import sys
 
 from edge import __version__
+from edge.cli.alerts import add_bench_arguments
+from edge.cli.alerts import add_commands as add_alert_commands
+from edge.cli.audit import add_commands as add_audit_commands
+from edge.cli.eval import add_commands as add_eval_commands
+from edge.cli.run import add_bench_arguments as add_pipeline_bench_arguments
+from edge.cli.run import add_commands as add_run_commands
+from edge.cli.watchlist import add_commands as add_watchlist_commands
 from edge.errors import EdgeError
 
 EPILOG = """\
@@ -60,14 +67,9 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from edge.tools.evaluation.command import run_eval_lfw
-    return run_eval_lfw(args)
-
-
 def _cmd_bench(args) -> int:
     if args.target == "alerts":
-        from edge.cli.alerts import run_alert_bench
+        from edge.tools.bench_alerts import run_alert_bench
         return run_alert_bench(args)
     if args.target == "pipeline":
         from edge.cli.run import run_pipeline_bench
@@ -84,28 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-lfr {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    from edge.cli.run import add_commands as add_run_commands  # demo, run, replay
     add_run_commands(sub)
 
-    s = sub.add_parser("eval", help="measure accuracy on a labelled face dataset")
-    esub = s.add_subparsers(dest="dataset", metavar="DATASET")
-    e = esub.add_parser("lfw", help="LFW-layout folder: pair verification and open-set identification",
-                        description="Runs the on-device pipeline on DIR/<Name>/<Name>_NNNN.jpg, scores "
-                        "the View-2 pairs with cross-validated thresholds, and open-set identification "
-                        "(watchlist = first image of each identity with >= 2 images; mated probes = their "
-                        "other images; non-mated probes = identities with one image).",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--images", required=True, help="LFW-layout image folder")
-    e.add_argument("--pairs", required=True, help="pairs file in LFW View-2 format (header: <folds> <pairs-per-class>)")
-    e.add_argument("--out", required=True, help="JSON report to write")
-    e.add_argument("--plot", help="PNG file for the DET curves (FNIR vs FPIR)")
-    e.add_argument("--reference", choices=["dlib"], help="also run dlib's own float pipeline in the same run")
-    e.add_argument("--config", help="YAML configuration file")
-    e.add_argument("--limit", type=int, default=0, help="use only the first N identities (0 = all); for quick checks")
-    e.add_argument("--seed", type=int, default=0, help="seed for sampling watchlists smaller than 'all'")
-    from edge.tools.evaluation.command import add_lfw_arguments
-    add_lfw_arguments(e)
-    e.set_defaults(func=_cmd_eval)
+    add_eval_commands(sub)
 
     s = sub.add_parser("bench", help="latency of detect, embed and match (dlib as the reference), or of alerts",
                        description="core (default): median and p95 latencies of each recognition stage on "
@@ -117,16 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML configuration file")
     s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
     s.add_argument("--out", help="also write the figures as JSON here")
-    from edge.cli.alerts import add_bench_arguments, add_commands as add_alert_commands
     add_bench_arguments(s)
-    from edge.cli.run import add_bench_arguments as add_pipeline_bench_arguments
     add_pipeline_bench_arguments(s)
     s.set_defaults(func=_cmd_bench)
 
     add_alert_commands(sub)
-    from edge.cli.watchlist import add_commands as add_watchlist_commands
     add_watchlist_commands(sub)
-    from edge.cli.audit import add_commands as add_audit_commands  # audit verify|show|purge, report
     add_audit_commands(sub)
 
     s = sub.add_parser("models", help="verify every model file against its manifest and show its spec")

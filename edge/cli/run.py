@@ -45,8 +45,8 @@ def _say(*parts) -> None:
 
 
 def cmd_run(args) -> int:
-    from edge.config import load_config
     from edge.appliance.service import run_service
+    from edge.config import load_config
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("edge").setLevel(logging.INFO)

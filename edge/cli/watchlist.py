@@ -91,8 +91,8 @@ def _load_or_new_trust(path: str):
 
 
 def cmd_trust_add(args) -> int:
-    from edge.watchlist.keys import load_issuer_public, save_trust, trusted_key
     from edge.utc import format_utc, parse_utc
+    from edge.watchlist.keys import load_issuer_public, save_trust, trusted_key
     path = _trust_path(args)
     pub = load_issuer_public(args.issuer)
     vf = parse_utc(args.valid_from, "--valid-from")
@@ -114,8 +114,8 @@ def cmd_trust_revoke(args) -> int:
 
 
 def cmd_trust_list(args) -> int:
-    from edge.watchlist.keys import load_trust
     from edge.utc import format_utc
+    from edge.watchlist.keys import load_trust
     path = _trust_path(args)
     store = load_trust(path)
     now = int(time.time())
@@ -132,13 +132,13 @@ def cmd_trust_list(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from edge.recognition.api import Recognizer
     from edge.atomicfile import atomic_write
-    from edge.watchlist.bundle import Limits, make_bundle
     from edge.config import load_config
+    from edge.recognition.api import Recognizer
+    from edge.utc import format_utc, parse_utc
+    from edge.watchlist.bundle import Limits, make_bundle
     from edge.watchlist.enrol import EnrolmentError, ManifestError, enrol, read_manifest
     from edge.watchlist.keys import load_issuer_key, load_unit_public, read_passphrase
-    from edge.utc import format_utc, parse_utc
 
     cfg = load_config(args.config)
     limits = Limits.from_config(cfg)
@@ -171,7 +171,7 @@ def cmd_build(args) -> int:
     units = [load_unit_public(u) for u in args.unit]
 
     rec = Recognizer(cfg)
-    model_sha = rec.embedder.model.spec.get("sha256", rec.model_sha256)
+    model_sha = rec.embedder_sha256
     t0 = time.perf_counter()
     result = enrol(subjects, args.images, rec, cfg, progress=not args.quiet)
     t_enrol = time.perf_counter() - t0
@@ -235,7 +235,8 @@ def _unit_config(args):
 
 
 def _unit(args, need_model: bool = True):
-    from edge.watchlist.unit import UnitWatchlist, embedder_sha256
+    from edge.recognition.api import embedder_sha256
+    from edge.watchlist.unit import UnitWatchlist
     cfg = _unit_config(args)
     return UnitWatchlist(cfg, model_sha256=embedder_sha256(cfg) if need_model else "")
 

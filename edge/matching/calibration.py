@@ -56,8 +56,7 @@ import numpy as np
 from edge.errors import InputError
 from edge.matching.match import fmr_for_fpir, fpir_for_fmr
 
-__all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECADES", "MIN_EXCEEDANCES",
-           "build_matcher"]
+__all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECADES", "MIN_EXCEEDANCES"]
 
 #: the calibrated score is -log10(FMR) / SCORE_DECADES, clipped to [0, 1].
 SCORE_DECADES = 10.0
@@ -217,30 +216,3 @@ class ThresholdPolicy:
                                           f"{self.calibration.min_supported_fmr:.2g})")
         return (f"target FPIR {self.target_fpir:g} with {self.watchlist_size} listed subjects -> per-comparison "
                 f"FMR {self.target_fmr:.3g} -> calibrated threshold {self.threshold:.4f}{note}")
-
-
-def build_matcher(watchlist, config, score_model=None):
-    """The unit's matcher for a loaded list, following ``config.match``:
-
-    * ``score_normalisation: true`` (default) - cohort-normalised calibrated scores from the
-      shipped score model (``score_model`` or :func:`edge.matching.normalise.load_score_model`), a
-      subject's several templates fused (:func:`edge.recognition.fusion.fuse_embeddings`, measured better
-      than the best single template), and every category's threshold from the policy for
-      ``target_fpir`` and the list's size;
-    * ``score_normalisation: false`` - raw cosine, best template, ``threshold_<category>``.
-
-    Per-subject thresholds carried by a bundle are raw cosines; with normalisation they remain a
-    floor on the raw cosine (an alert needs both)."""
-    from edge.matching.match import Matcher
-    from edge.types import CATEGORIES
-    m = config.match
-    cosine_thresholds = {c: float(getattr(m, f"threshold_{c}")) for c in CATEGORIES}
-    if not m.score_normalisation:
-        return Matcher(watchlist, cosine_thresholds)
-    if score_model is None:
-        from edge.matching.normalise import load_score_model
-        score_model = load_score_model(config.runtime.models_dir or None)
-    if score_model.calibration is None:
-        raise InputError("score normalisation needs the model's calibration (manifest score_normalisation.calibration)")
-    policy = ThresholdPolicy(score_model.calibration, float(m.target_fpir), len(watchlist))
-    return Matcher(watchlist, {c: policy.threshold for c in CATEGORIES}, scorer=score_model, policy=policy)

@@ -9,7 +9,7 @@ cosine similarity (dot product of unit vectors) over that subject's templates. A
 answers ``top_k``/``match`` for the live path and ``identify`` for evaluation at scale.
 
 With a score model (``Matcher(..., scorer=edge.matching.normalise.ScoreModel, policy=...)``, built by
-:func:`edge.matching.calibration.build_matcher` from ``config.match``) the matcher instead
+:func:`edge.matching.factory.build_matcher` from ``config.match``) the matcher instead
 fuses each subject's templates into one (:func:`edge.recognition.fusion.fuse_embeddings`; measured on
 lfw-dev, a fused template misses fewer listed people than the best of several), ranks by the
 cohort-normalised score of :mod:`edge.matching.normalise` (each subject's cohort statistics computed
@@ -65,6 +65,7 @@ from types import MappingProxyType
 import numpy as np
 
 from edge.errors import InputError, WatchlistError
+from edge.recognition.fusion import fuse_embeddings
 from edge.types import CATEGORIES, Match
 
 __all__ = [
@@ -354,7 +355,6 @@ class Matcher:
         """Fuse each subject's templates into one (edge.recognition.fusion.fuse_embeddings: measured on
         lfw-dev, the fused template beats the best of several) and compute each subject's
         cohort statistics once, for the normalised score."""
-        from edge.recognition.fusion import fuse_embeddings
         wl = self.watchlist
         if scorer.dim != wl.dim:
             raise InputError(f"score model dimension {scorer.dim} does not match the watchlist dimension {wl.dim}")

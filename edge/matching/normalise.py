@@ -41,14 +41,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from edge.errors import InputError, ModelError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edge.matching.calibration import ScoreCalibration
+from edge.matching.calibration import ScoreCalibration
+from edge.recognition.runtime import find_models_dir
 
 __all__ = ["ScoreModel", "fit_score_model", "load_score_model", "MANIFEST_SECTION", "COHORT_FILE",
            "DEFAULT_TOP_FRACTION", "MIN_SD"]
@@ -214,8 +213,6 @@ def load_score_model(models_dir: str | Path | None = None,
     """The shipped score model: the manifest's ``score_normalisation`` section, its cohort
     file checked against the recorded sha256, and its calibration. ModelError when absent,
     altered or inconsistent."""
-    from edge.recognition.runtime import find_models_dir
-    from edge.matching.calibration import ScoreCalibration
 
     directory = Path(find_models_dir(str(models_dir) if models_dir else None))
     if manifest is None:

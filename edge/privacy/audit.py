@@ -53,7 +53,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -61,13 +60,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.atomicfile import atomic_write, fsync_dir
+from edge.atomicfile import atomic_write
+from edge.encoding import b64encode, canonical_json
 from edge.errors import EdgeError
+from edge.utc import format_utc_ms, parse_utc_ms
+from edge.watchlist.keys import device_key_from_config
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AuditLog", "AuditError", "Problem", "Verification", "verify", "read_entries", "entry_hash",
-           "config_sha256", "public_key_from_config", "public_key_raw", "CountsRecorder", "GENESIS", "TYPES",
+           "config_sha256", "public_key_from_config", "public_key_raw", "GENESIS", "TYPES",
            "DIRNAME", "FILENAME", "HEAD_FILENAME"]
 
 DIRNAME = "audit"
@@ -100,41 +102,28 @@ class AuditError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
 
 
 def _line(e: Mapping[str, Any]) -> bytes:
     """One line of the file: the fields in reading order (the hash does not depend on it)."""
     ordered = {k: e[k] for k in ("seq", "t", "type", "data", "prev", "hash")}
-    ordered["data"] = json.loads(canonical(e["data"]))
+    ordered["data"] = json.loads(canonical_json(e["data"]))
     return json.dumps(ordered, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
-
-
-def utc_ms(t: float) -> str:
-    d = datetime.fromtimestamp(float(t), tz=timezone.utc)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> float:
-    """Epoch seconds of an entry's ``t`` (``2025-06-15T15:06:40.123Z``)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
     body = {k: entry[k] for k in ("seq", "t", "type", "data", "prev")}
-    return hashlib.sha256(_ENTRY_DOMAIN + canonical(body)).hexdigest()
+    return hashlib.sha256(_ENTRY_DOMAIN + canonical_json(body)).hexdigest()
 
 
 def _sig_message(entry: Mapping[str, Any]) -> bytes:
     data = {k: v for k, v in entry["data"].items() if k != "sig"}
     body = {"seq": entry["seq"], "t": entry["t"], "type": entry["type"], "prev": entry["prev"], "data": data}
-    return _SIG_DOMAIN + canonical(body)
+    return _SIG_DOMAIN + canonical_json(body)
 
 
 def _head_message(head: Mapping[str, Any]) -> bytes:
-    return _HEAD_DOMAIN + canonical({k: head[k] for k in ("seq", "hash", "t", "unit_id")})
+    return _HEAD_DOMAIN + canonical_json({k: head[k] for k in ("seq", "hash", "t", "unit_id")})
 
 
 def public_key_raw(key) -> bytes:
@@ -160,15 +149,12 @@ def signer_id(public_raw: bytes) -> str:
 def config_sha256(cfg) -> str:
     """sha256 of the validated configuration (canonical JSON): what the service ran with."""
     values = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
-    return hashlib.sha256(canonical(values)).hexdigest()
+    return hashlib.sha256(canonical_json(values)).hexdigest()
 
 
 def public_key_from_config(cfg) -> bytes:
     """The unit's Ed25519 public key, from its device key file (``unit.device_key``)."""
-    from edge.watchlist.keys import load_device_key, read_passphrase
-    u = cfg.unit
-    dev = load_device_key(u.device_key, u.id or "unit", read_passphrase(u.device_key_passphrase_file))
-    return public_key_raw(dev)
+    return public_key_raw(device_key_from_config(cfg))
 
 
 def _check_data(value: Any, path: str = "data", depth: int = 0) -> None:
@@ -260,7 +246,7 @@ def _well_formed(e: Any) -> str | None:
     if not isinstance(e["t"], str):
         return "t is not a time"
     try:
-        parse_time(e["t"])
+        parse_utc_ms(e["t"])
     except ValueError:
         return "t is not a time"
     return None
@@ -551,9 +537,7 @@ class AuditLog:
     def from_config(cls, cfg, *, device_key=None, clock: Callable[[], float] = time.time) -> "AuditLog":
         """The unit's audit log: ``<unit.state_dir>/audit/`` signed with the device key."""
         if device_key is None:
-            from edge.watchlist.keys import load_device_key, read_passphrase
-            u = cfg.unit
-            device_key = load_device_key(u.device_key, u.id or "unit", read_passphrase(u.device_key_passphrase_file))
+            device_key = device_key_from_config(cfg)
         return cls(Path(cfg.unit.state_dir) / DIRNAME, signer=device_key, unit_id=cfg.unit.id or device_key.unit_id,
                    checkpoint_every=cfg.privacy.audit_checkpoint_entries, clock=clock)
 
@@ -611,7 +595,7 @@ class AuditLog:
             if _well_formed(e) is None:
                 self._last_seq, self._last_hash = e["seq"], e["hash"]
                 self._since_checkpoint = 0 if e["type"] in SIGNED else self._since_checkpoint + 1
-                self._last_t = parse_time(e["t"])
+                self._last_t = parse_utc_ms(e["t"])
         self._state = self._file_state()
         if torn:
             self._append_locked("log_repaired", {"discarded_bytes": torn, "reason": "a line torn by a crash"})
@@ -623,12 +607,12 @@ class AuditLog:
         return max(float(self.clock()), self._last_t)
 
     def _make(self, type_: str, data: Mapping[str, Any], t: float | None = None) -> dict:
-        e = {"seq": self._last_seq + 1, "t": utc_ms(self._now() if t is None else t), "type": type_,
+        e = {"seq": self._last_seq + 1, "t": format_utc_ms(self._now() if t is None else t), "type": type_,
              "data": dict(data), "prev": self._last_hash}
         if type_ in SIGNED:
             e["data"]["signer"] = self.signer
             e["data"]["sig"] = ""
-            e["data"]["sig"] = base64.b64encode(self._key.sign(_sig_message(e))).decode("ascii")
+            e["data"]["sig"] = b64encode(self._key.sign(_sig_message(e)))
         e["hash"] = entry_hash(e)
         return e
 
@@ -645,22 +629,17 @@ class AuditLog:
         finally:
             os.close(fd)
         self._last_seq, self._last_hash = e["seq"], e["hash"]
-        self._last_t = parse_time(e["t"])
+        self._last_t = parse_utc_ms(e["t"])
         self._since_checkpoint = 0 if e["type"] in SIGNED else self._since_checkpoint + 1
         self._write_head()
         self._state = self._file_state()
 
     def _write_head(self) -> None:
         head = {"version": VERSION, "seq": self._last_seq, "hash": self._last_hash,
-                "t": utc_ms(self._last_t if math.isfinite(self._last_t) else self.clock()), "unit_id": self.unit_id,
+                "t": format_utc_ms(self._last_t if math.isfinite(self._last_t) else self.clock()), "unit_id": self.unit_id,
                 "signer": self.signer}
-        head["sig"] = base64.b64encode(self._key.sign(_head_message(head))).decode("ascii")
-        if self.fsync:
-            atomic_write(self.head_path, canonical(head) + b"\n")
-        else:
-            tmp = self.head_path.with_name(f".{HEAD_FILENAME}.tmp-{os.getpid()}")
-            tmp.write_bytes(canonical(head) + b"\n")
-            os.replace(tmp, self.head_path)
+        head["sig"] = b64encode(self._key.sign(_head_message(head)))
+        atomic_write(self.head_path, canonical_json(head) + b"\n", durable=self.fsync)
 
     def _append_locked(self, type_: str, data: Mapping[str, Any]) -> dict:
         e = self._make(type_, data)
@@ -676,7 +655,7 @@ class AuditLog:
             raise AuditError(f"unknown audit entry type {type_!r}")
         data = _plain(dict(data or {}))
         _check_data(data)
-        if len(canonical(data)) > MAX_LINE // 2:
+        if len(canonical_json(data)) > MAX_LINE // 2:
             raise AuditError(f"{type_} entry too large")
         with self._locked():
             self._sync_state(repair=True)
@@ -723,7 +702,7 @@ class AuditLog:
             for raw in raw_lines:
                 try:
                     e = json.loads(raw)
-                    t = parse_time(e["t"])
+                    t = parse_utc_ms(e["t"])
                 except (ValueError, KeyError, TypeError):
                     break      # never cut past a line we cannot read: verify will name it
                 if t >= before:
@@ -739,30 +718,14 @@ class AuditLog:
                 first_seq, first_prev = self._last_seq + 1, self._last_hash
             trim = self._make("audit_trim", {"unit_id": self.unit_id, "first_seq": first_seq,
                                              "first_prev": first_prev, "removed": cut,
-                                             "before": utc_ms(before)})
-            tmp = self.path.with_name(f".{FILENAME}.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for raw in kept:
-                        f.write(raw + b"\n")
-                    f.write(_line(trim))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-            fsync_dir(self.dir)
+                                             "before": format_utc_ms(before)})
+            atomic_write(self.path, b"".join(raw + b"\n" for raw in kept) + _line(trim))
             self._last_seq, self._last_hash = trim["seq"], trim["hash"]
-            self._last_t = parse_time(trim["t"])
+            self._last_t = parse_utc_ms(trim["t"])
             self._since_checkpoint = 0
             self._write_head()
             self._state = self._file_state()
-        log.info("audit log: %d entries older than %s deleted", cut, utc_ms(before))
+        log.info("audit log: %d entries older than %s deleted", cut, format_utc_ms(before))
         return cut
 
     # -- the entries the unit writes ---------------------------------------------------------
@@ -849,211 +812,3 @@ class AuditLog:
         return self.append("counts", dict(counts))
 
 
-# --------------------------------------------------------------------------------------
-# Periodic counts
-# --------------------------------------------------------------------------------------
-
-
-def _delta(now: Mapping[str, Any], before: Mapping[str, Any]) -> dict:
-    out = {}
-    for k, v in now.items():
-        if isinstance(v, Mapping):
-            d = _delta(v, before.get(k, {}) if isinstance(before.get(k), Mapping) else {})
-            out[k] = {kk: vv for kk, vv in d.items() if vv}
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            b = before.get(k, 0)
-            out[k] = v - (b if isinstance(b, (int, float)) else 0)
-    return out
-
-
-class CountsRecorder:
-    """Writes a ``counts`` entry every ``interval`` seconds: the increase of cumulative
-    counters since the last entry (``source()`` returns e.g. ``{"frames": 1200, "faces": 40,
-    "gated": {"too_small": 3}, "alerts": 1}``). Numbers only, by construction of the source."""
-
-    def __init__(self, audit: AuditLog, source: Callable[[], Mapping[str, Any]], interval: float,
-                 clock: Callable[[], float] = time.monotonic):
-        self.audit = audit
-        self.source = source
-        self.interval = float(interval)
-        self.clock = clock
-        self._last = {}
-        self._last_t = clock()
-
-    def due(self) -> bool:
-        return self.clock() - self._last_t >= self.interval
-
-    def poll(self, force: bool = False) -> dict | None:
-        """Write the entry if one is due (or ``force``); returns it."""
-        now = self.clock()
-        if not force and now - self._last_t < self.interval:
-            return None
-        cur = dict(self.source())
-        d = _delta(cur, self._last)
-        d["interval_s"] = round(now - self._last_t, 3)
-        self._last, self._last_t = cur, now
-        return self.audit.counts(d)
-
-
-# --------------------------------------------------------------------------------------
-# The running service's side, in a few calls
-# --------------------------------------------------------------------------------------
-
-
-def pipeline_counts(pipeline) -> dict:
-    """Cumulative counts of a running :class:`edge.appliance.pipeline.Pipeline` (numbers only): frames
-    processed, faces (face tracks started: each person passing by counted once), embeddings,
-    faces gated by the quality gate by reason, alerts, dropped frames."""
-    for _ in range(5):                       # other threads update these counters: copy, retry
-        try:
-            tracker = getattr(pipeline, "tracker", None)
-            tc = dict(getattr(tracker, "counts", {}) or {})
-            board = getattr(pipeline, "board", None)
-            return {"frames": int(getattr(pipeline, "frames_processed", 0)),
-                    "faces": int(tc.get("tracks", 0)), "embeddings": int(tc.get("embeddings", 0)),
-                    "gated": {str(k): int(v) for k, v in dict(getattr(pipeline, "gated", {}) or {}).items()},
-                    "alerts": int(dict(getattr(pipeline, "counts", {}) or {}).get("alerts", 0)),
-                    "dropped_frames": int(getattr(board, "dropped", 0) or 0)}
-        except RuntimeError:                 # "dictionary changed size during iteration"
-            time.sleep(0.001)
-    return {}
-
-
-class ServiceAudit:
-    """What the service records and enforces for privacy, wired with a handful of calls::
-
-        sa = ServiceAudit.start(cfg, unit=unit, model_sha256=..., version=__version__)  # purge, then start entry
-        live = unit.restore(); sa.restored(live)                                        # or sa.restored(None, exc)
-        pipeline = Pipeline(..., on_alert=sa.on_alert)
-        publisher = AlertPublisher(..., on_adjudication=sa.wrap_adjudication(records.record))
-        while running: sa.tick(pipeline)             # counts entries, hourly purge, watchlist changes
-        sa.stop("SIGTERM", pipeline)                  # last counts, service_stop + signed checkpoint
-
-    Failures to write the audit log are logged, never raised into the pipeline's threads.
-    """
-
-    def __init__(self, cfg, audit: AuditLog, unit=None, *, monotonic: Callable[[], float] = time.monotonic,
-                 clock: Callable[[], float] = time.time):
-        self.cfg = cfg
-        self.audit = audit
-        self.clock = clock
-        self.unit = unit
-        self.mono = monotonic
-        self._counts: CountsRecorder | None = None
-        self._next_purge = monotonic() + float(cfg.privacy.purge_interval_seconds)
-        self._live_id: str | None = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def start(cls, cfg, *, unit=None, model_sha256: str = "", version: str = "", device_key=None,
-              clock: Callable[[], float] = time.time) -> "ServiceAudit":
-        """Open the audit log, run the retention purge for the time the service was not running
-        (a deployment that ended more than 24 h ago loses its watchlist here, before it could be
-        restored), then write ``service_start``."""
-        from edge.privacy.retention import Retention, RetentionError
-        audit = AuditLog.from_config(cfg, device_key=device_key, clock=clock)
-        self = cls(cfg, audit, unit, clock=clock)
-        try:
-            Retention(cfg, audit=audit, unit=unit, clock=clock, service_running=False).run()
-        except (RetentionError, EdgeError, OSError) as exc:
-            log.error("retention purge at start failed (retried hourly): %s", exc)
-            self._safe(audit.error, "retention", exc)
-        audit.service_start(cfg, model_sha256=model_sha256, version=version)
-        return self
-
-    def _safe(self, fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except Exception as exc:  # the audit log must never take the service down
-            log.error("audit log: %s failed: %s", getattr(fn, "__name__", "write"), exc)
-            return None
-
-    # -- events ----------------------------------------------------------------------------
-
-    def restored(self, live, error: BaseException | None = None) -> None:
-        """The watchlist restored at start (``live``), or why it could not be (``error``)."""
-        if error is not None:
-            self._safe(self.audit.bundle_refused, error, "stored watchlist at start")
-        if live is not None:
-            self._live_id = live.manifest.bundle_id
-            self._safe(self.audit.bundle_loaded, live, "restored")
-
-    def on_alert(self, ev) -> None:
-        """``Pipeline(on_alert=...)``: one ``alert`` entry (ids and numbers, no image)."""
-        self._safe(self.audit.alert_event, ev, self._live_id)
-
-    def on_adjudication(self, ack: Mapping[str, Any] | None) -> None:
-        if ack:
-            self._safe(self.audit.adjudication, ack)
-
-    def wrap_adjudication(self, record: Callable[[dict], Any]) -> Callable[[dict], Any]:
-        """Wrap :meth:`edge.alerts.adjudication.AdjudicationRecords.record` so that each adjudication
-        received is also written to the audit log."""
-        def hook(adj):
-            ack = record(adj)
-            self.on_adjudication(ack)
-            return ack
-        return hook
-
-    def error(self, where: str, exc: BaseException | str) -> None:
-        self._safe(self.audit.error, where, exc)
-
-    # -- the service loop ----------------------------------------------------------------------
-
-    def tick(self, pipeline=None) -> None:
-        """From the service loop: a counts entry when due, the periodic purge, and watchlist
-        changes (loaded by another process, wiped, expired)."""
-        with self._lock:
-            if pipeline is not None:
-                if self._counts is None:
-                    self._counts = CountsRecorder(self.audit, lambda: pipeline_counts(pipeline),
-                                                  self.cfg.privacy.audit_stats_seconds, clock=self.mono)
-                if self._counts.due():
-                    self._safe(self._counts.poll)
-            self._watchlist_changes()
-            if self.mono() >= self._next_purge:
-                self._next_purge = self.mono() + float(self.cfg.privacy.purge_interval_seconds)
-                counts = self.purge()
-                if counts and counts.get("watchlist_deleted"):
-                    self._live_id = None        # the purge wrote its own watchlist_deleted entry
-
-    def purge(self) -> dict | None:
-        from edge.privacy.retention import Retention
-        try:
-            return Retention(self.cfg, audit=self.audit, unit=self.unit, clock=self.clock, service_running=True).run()
-        except Exception as exc:
-            log.error("retention purge failed (retried at the next run): %s", exc)
-            self._safe(self.audit.error, "retention", exc)
-            return None
-
-    def _watchlist_changes(self) -> None:
-        if self.unit is None:
-            return
-        try:
-            live = self.unit.current()
-        except Exception:  # pragma: no cover - current() reads memory and a clock
-            return
-        now_id = live.manifest.bundle_id if live is not None else None
-        if now_id == self._live_id:
-            return
-        if self._live_id is not None:
-            reason = "replaced" if now_id else "no longer in force"
-            try:
-                st = self.unit.read_state()
-                if now_id is None:
-                    reason = f"{st.get('status')}: {st.get('status_reason', '')}"[:MAX_STRING]
-            except Exception:
-                pass
-            self._safe(self.audit.watchlist_deleted, self._live_id, reason)
-        self._live_id = now_id
-        if live is not None:
-            self._safe(self.audit.bundle_loaded, live, "loaded")
-
-    def stop(self, reason: str = "stopped", pipeline=None, **extra) -> None:
-        """Last counts entry, then ``service_stop`` (with the run's totals) and a signed checkpoint."""
-        with self._lock:
-            if pipeline is not None and self._counts is not None:
-                self._safe(self._counts.poll, True)
-            totals = pipeline_counts(pipeline) if pipeline is not None else {}
-            self._safe(self.audit.service_stop, reason, frames=totals.get("frames", 0),
-                       alerts=totals.get("alerts", 0), **extra)

@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from edge import __version__
-from edge.privacy.audit import Verification, parse_time, utc_ms
 from edge.errors import InputError
+from edge.privacy.audit import Verification
 from edge.types import CATEGORIES
+from edge.types import CATEGORIES as cats
+from edge.utc import format_utc_ms, parse_utc_ms
 
 __all__ = ["build_report", "render_html", "plot_png", "write_report", "render_png", "Window", "find_chromium"]
 
@@ -56,7 +58,7 @@ class Window:
 
 
 def _t(e: Mapping[str, Any]) -> float:
-    return parse_time(e["t"])
+    return parse_utc_ms(e["t"])
 
 
 def choose_window(entries: list[dict], *, start: float | None = None, end: float | None = None,
@@ -163,9 +165,9 @@ def build_report(entries: Iterable[dict], *, start: float | None = None, end: fl
     last = inside[-1] if inside else None
     report = {
         "report_version": 1,
-        "generated_at": utc_ms(now if now is not None else datetime.now(timezone.utc).timestamp()),
+        "generated_at": format_utc_ms(now if now is not None else datetime.now(timezone.utc).timestamp()),
         "generated_by": f"edge-lfr {__version__}",
-        "window": {"start": utc_ms(w.start), "end": utc_ms(w.end), "hours": round((w.end - w.start) / 3600, 2),
+        "window": {"start": format_utc_ms(w.start), "end": format_utc_ms(w.end), "hours": round((w.end - w.start) / 3600, 2),
                    "selected_by": w.how},
         "unit_id": config.get("unit_id") or (last["data"].get("unit_id") if last else None),
         "location": location if location is not None else (config.get("location") or ""),
@@ -210,7 +212,6 @@ def _threshold_figures(config: Mapping[str, Any], bundles: Mapping[str, dict]) -
     policies = [b["threshold_policy"] for b in bundles.values() if isinstance(b.get("threshold_policy"), Mapping)]
     if policies:
         p = policies[-1]
-        from edge.types import CATEGORIES as cats
         return {"threshold_kind": "calibrated score (cohort-normalised), one threshold for the list",
                 "thresholds": {c: p.get("threshold") for c in cats}, "calibrated_fpir": p.get("target_fpir"),
                 "calibration_reference": p.get("calibration") or config.get("calibration_reference"),
@@ -234,7 +235,7 @@ def _series(w: Window, counts: list[tuple[float, float]], alerts: list[dict], ou
     for e in alerts:
         o = outcome_of.get(e["data"]["event_id"], "not_adjudicated")
         by_outcome[o if o in by_outcome else "not_adjudicated"][idx(_t(e))] += 1
-    return {"bin_seconds": b, "bin_starts": [utc_ms(w.start + i * b) for i in range(n)],
+    return {"bin_seconds": b, "bin_starts": [format_utc_ms(w.start + i * b) for i in range(n)],
             "faces": [int(v) for v in faces], "alerts": by_outcome}
 
 

@@ -36,21 +36,22 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from edge.alerts.expiry import purge_match_records
+from edge.alerts.outbox import FILENAME as OUTBOX_FILENAME
 from edge.atomicfile import atomic_write, remove_durably
-from edge.privacy.audit import AuditLog, parse_time, read_entries, utc_ms
 from edge.errors import EdgeError
+from edge.privacy.audit import AuditLog, read_entries
+from edge.utc import format_utc_ms, parse_utc_ms
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Retention", "RetentionError", "deployment_ended_at", "INTENT_FILE"]
 
 INTENT_FILE = "retention.intent.json"
-OUTBOX_FILE = "outbox.sqlite"
 DAY = 86400.0
 HOUR = 3600.0
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
@@ -78,20 +79,7 @@ def deployment_ended_at(audit_path: str | os.PathLike) -> tuple[float, bool] | N
         stopped = e["type"] == "service_stop"
     if last is None:
         return None
-    return parse_time(last["t"]), stopped
-
-
-def _crash_hook_from_env() -> Callable[[str], None] | None:
-    """Tests only: ``EDGE_LFR_TEST_CRASH_AT=<step>`` kills this process (SIGKILL) at that step."""
-    step = os.environ.get("EDGE_LFR_TEST_CRASH_AT")
-    if not step:
-        return None
-
-    def hook(at: str) -> None:
-        if at == step:
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
-    return hook
+    return parse_utc_ms(last["t"]), stopped
 
 
 class Retention:
@@ -100,8 +88,10 @@ class Retention:
     ``audit``: the unit's :class:`~edge.privacy.audit.AuditLog` (the purge is recorded there, its entries
     are trimmed, and it tells when the deployment ended). ``unit``: the
     :class:`~edge.watchlist.unit.UnitWatchlist` (the running service's, so a deletion also stops
-    matching); built from ``cfg`` when None and ``unit.id`` is set. ``service_running``: True
-    when called by the running service (its deployment has not ended).
+    matching; the ``audit purge`` command makes one for the stopped unit); None: the watchlist
+    step is skipped. ``service_running``: True when called by the running service (its
+    deployment has not ended). ``step_hook(name)`` is called after each step (tests stop the
+    process there to check that a purge killed half way is finished next time).
     """
 
     def __init__(self, cfg, *, audit: AuditLog | None = None, unit=None, clock: Callable[[], float] = time.time,
@@ -119,18 +109,11 @@ class Retention:
         # without a clean stop, silence this long means the service is not running any more
         self.alive_s = max(self.wipe_s, 2.0 * float(cfg.privacy.audit_stats_seconds) + 60.0)
         self._unit = unit
-        self._hook = step_hook or _crash_hook_from_env() or (lambda step: None)
+        self._hook = step_hook or (lambda step: None)
 
     @property
     def intent_path(self) -> Path:
         return self.dir / INTENT_FILE
-
-    def _unit_watchlist(self):
-        if self._unit is None and self.cfg.unit.id:
-            from edge.watchlist.unit import UnitWatchlist
-            # model_sha256 is only used to verify a bundle; expiry and wipe do not need it
-            self._unit = UnitWatchlist(self.cfg, model_sha256="", state_dir=self.dir, now=self.clock)
-        return self._unit
 
     # -- the purge ---------------------------------------------------------------------------
 
@@ -141,10 +124,10 @@ class Retention:
         if resumed:
             log.warning("retention: a purge did not finish (crash or power cut); running it again")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.intent_path, json.dumps({"version": 1, "started_at": utc_ms(now),
+        atomic_write(self.intent_path, json.dumps({"version": 1, "started_at": format_utc_ms(now),
                                                    "resumed": resumed}).encode() + b"\n")
         self._hook("intent_written")
-        counts: dict[str, Any] = {"resumed": resumed, "at": utc_ms(now),
+        counts: dict[str, Any] = {"resumed": resumed, "at": format_utc_ms(now),
                                   "retention_days": self.cfg.outbox.retention_days,
                                   "rejected_retention_hours": self.cfg.outbox.rejected_retention_hours}
         errors = []
@@ -177,52 +160,8 @@ class Retention:
     # -- steps -----------------------------------------------------------------------------------
 
     def _purge_records(self, now: float) -> dict:
-        """Alerts and adjudication records: one transaction, secure_delete, then the WAL
-        checkpointed and truncated."""
-        path = self.dir / OUTBOX_FILE
-        out = {"alerts_expired": 0, "alerts_expired_undelivered": 0, "alerts_rejected": 0,
-               "records_expired": 0, "records_rejected": 0}
-        if not path.exists():
-            return out
-        cutoff = now - self.retention_s
-        rejected_cutoff = now - self.rejected_s
-        db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA secure_delete=ON")
-            db.execute("PRAGMA synchronous=FULL")
-            if str(db.execute("PRAGMA secure_delete").fetchone()[0]) != "1":
-                raise RetentionError(f"{path}: SQLite refused secure_delete")
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if "adjudications" in tables and "outbox" in tables:
-                    out["alerts_rejected"] = db.execute(
-                        "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM adjudications WHERE "
-                        "outcome = 'rejected' AND recorded_at < ?)", (rejected_cutoff,)).rowcount
-                if "adjudications" in tables:
-                    out["records_rejected"] = db.execute(
-                        "DELETE FROM adjudications WHERE outcome = 'rejected' AND recorded_at < ?",
-                        (rejected_cutoff,)).rowcount
-                    out["records_expired"] = db.execute(
-                        "DELETE FROM adjudications WHERE alert_created_at < ?", (cutoff,)).rowcount
-                if "outbox" in tables:
-                    out["alerts_expired"] = db.execute(
-                        "DELETE FROM outbox WHERE created_at < ? AND delivered_at IS NOT NULL", (cutoff,)).rowcount
-                    out["alerts_expired_undelivered"] = db.execute(
-                        "DELETE FROM outbox WHERE created_at < ? AND delivered_at IS NULL", (cutoff,)).rowcount
-                self._hook("records_before_commit")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._hook("records_committed")
-            busy, _frames, _done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                raise RetentionError(f"{path}: the WAL could not be checkpointed (a reader holds it); the "
-                                     "freed pages are zeroed in the WAL, the checkpoint is retried at the next run")
-        finally:
-            db.close()
+        """Alerts and adjudication records, by the one rule in :mod:`edge.alerts.expiry`."""
+        out = purge_match_records(self.dir / OUTBOX_FILENAME, now, self.retention_s, self.rejected_s, step=self._hook)
         if out["alerts_expired_undelivered"]:
             log.warning("retention: %d undelivered alerts older than %d days deleted (never acknowledged by the "
                         "broker)", out["alerts_expired_undelivered"], self.cfg.outbox.retention_days)
@@ -230,7 +169,7 @@ class Retention:
 
     def _purge_watchlist(self, now: float) -> dict:
         out: dict[str, Any] = {"watchlist_deleted": None}
-        unit = self._unit_watchlist()
+        unit = self._unit
         if unit is None:
             return out
         st = unit.read_state()
@@ -246,7 +185,7 @@ class Retention:
             ended = deployment_ended_at(self.audit.path)
             if ended is not None and now - ended[0] >= (self.wipe_s if ended[1] else self.alive_s):
                 ended = ended[0]
-                reason = (f"deployment ended: the service last ran at {utc_ms(ended)}, more than "
+                reason = (f"deployment ended: the service last ran at {format_utc_ms(ended)}, more than "
                           f"{self.wipe_s / HOUR:g} h ago")
                 if unit.wipe(reason):
                     out["watchlist_deleted"] = "deployment ended"

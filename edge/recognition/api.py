@@ -13,19 +13,26 @@ from collections import Counter
 
 import numpy as np
 
-from edge.recognition.align import Aligner
 from edge.config import Config, load_config
+from edge.errors import InputError
+from edge.recognition.align import Aligner
 from edge.recognition.detect import FaceDetector
 from edge.recognition.embed import Embedder
-from edge.errors import InputError
 from edge.recognition.images import check_frame
 from edge.recognition.landmarks import LandmarkRefiner
 from edge.recognition.quality import assess
-from edge.recognition.runtime import find_models_dir, load_manifest, open_model
+from edge.recognition.runtime import find_models_dir, load_manifest, open_model, verified_sha256
 from edge.types import Face
 
 EMBEDDER_MODEL = "dlib_resnet_v1_int8"
 LANDMARK_MODEL = "face_landmark"
+
+
+def embedder_sha256(config: Config | None = None) -> str:
+    """The sha256 a watchlist bundle must name for this unit's embedder (see
+    :attr:`Recognizer.embedder_sha256`), checked against the file on disk; no model is loaded."""
+    cfg = config or load_config(None)
+    return verified_sha256(EMBEDDER_MODEL, cfg.runtime.models_dir or None)
 
 
 class Recognizer:
@@ -52,7 +59,11 @@ class Recognizer:
             self.refiner = LandmarkRefiner(open_model(name, models_dir, rt.threads, rt.prefer_edgetpu),
                                            self.aligner.indices)
         self.embedder = Embedder(emb_model, self.config.embed.mirror_average)
-        self.model_sha256 = emb_model.sha256
+        #: The embedder's identity, which bundles name and reports state: the manifest's sha256 of
+        #: the CPU int8 model (an Edge TPU build is compiled from it and gives the same embeddings).
+        self.embedder_sha256 = str(emb_model.spec["sha256"])
+        #: The file actually loaded: the Edge TPU build on a Coral, else the same as above.
+        self.loaded_embedder_sha256 = emb_model.sha256
         self.gated: Counter[str] = Counter()
         self.stage_seconds: Counter[str] = Counter()
 

@@ -37,17 +37,26 @@ def yaw_degrees(det: Detection) -> float:
     return float(np.degrees(np.arctan2(2.0 * offset, span)))
 
 
+#: The gate's checks, in the one order both the live path and enrolment apply them: yaw first,
+#: because a head turned away also shows a short eye distance, which is not the problem to report.
+GATE_ORDER = ("profile", "too_small", "blurred")
+
+
+def gate(interocular: float, sharp: float, yaw: float, min_interocular_px: float, min_sharpness: float,
+         max_abs_yaw_deg: float) -> tuple[str, str] | None:
+    """The first check (in :data:`GATE_ORDER`) a face fails, as ``(reason, detail)``; None if it passes."""
+    if abs(yaw) > max_abs_yaw_deg:
+        return "profile", f"head yaw {yaw:.0f} deg beyond {max_abs_yaw_deg:g}"
+    if interocular < min_interocular_px:
+        return "too_small", f"eye distance {interocular:.1f} px < {min_interocular_px:g} px"
+    if sharp < min_sharpness:
+        return "blurred", f"sharpness {sharp:.1f} < {min_sharpness:g}"
+    return None
+
+
 def assess(det: Detection, chip: np.ndarray, min_interocular_px: float, min_sharpness: float,
            max_abs_yaw_deg: float) -> Quality:
     """Measure a face and name the first gate it fails (None if it passes)."""
-    iod = interocular_px(det)
-    sharp = sharpness(chip)
-    yaw = yaw_degrees(det)
-    reason = None
-    if iod < min_interocular_px:
-        reason = "too_small"
-    elif abs(yaw) > max_abs_yaw_deg:
-        reason = "profile"
-    elif sharp < min_sharpness:
-        reason = "blurred"
-    return Quality(iod, sharp, yaw, reason)
+    iod, sharp, yaw = interocular_px(det), sharpness(chip), yaw_degrees(det)
+    failed = gate(iod, sharp, yaw, min_interocular_px, min_sharpness, max_abs_yaw_deg)
+    return Quality(iod, sharp, yaw, failed[0] if failed else None)

@@ -7,6 +7,7 @@ delegate when that loads, and on the CPU otherwise; :attr:`LoadedModel.delegate`
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -79,7 +80,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def _library_missing() -> str | None:
     """Why the Coral runtime library cannot be loaded, or None when it can."""
-    import ctypes
     try:
         ctypes.CDLL(EDGETPU_LIBRARY)
     except OSError:
@@ -124,6 +124,17 @@ class LoadedModel:
             self.interpreter.set_tensor(detail["index"], array)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]).copy() for d in self.outputs]
+
+
+def verified_sha256(name: str, models_dir: str | os.PathLike | None = None) -> str:
+    """The manifest's sha256 of model ``name`` (its CPU build) after checking the file on disk
+    against it: the model's identity, without building an interpreter."""
+    directory = find_models_dir(models_dir)
+    entry = load_manifest(directory).get("models", {}).get(name)
+    if not isinstance(entry, dict) or "file" not in entry:
+        raise ModelError(f"model {name!r} is not in {directory}/manifest.json")
+    _verified_bytes(directory, entry, name)
+    return str(entry["sha256"])
 
 
 def open_model(name: str, models_dir: str | os.PathLike | None = None, threads: int = 2,

@@ -20,16 +20,24 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from edge.appliance.metrics import latency_summary
+from edge.config import load_config
 from edge.errors import InputError
+from edge.matching.match import Matcher, Watchlist
 from edge.paths import SHARED_FACES
 from edge.progress import Progress
+from edge.recognition.api import Recognizer
+from edge.recognition.embed import Embedder
+from edge.recognition.images import load_image
+from edge.recognition.quality import assess
+from edge.recognition.runtime import find_models_dir, load_manifest, open_model
+from edge.tools.demo_faces import public_domain_faces
 
 MATCH_SIZES = (1_000, 10_000, 100_000)
 # (label, float model, int8 model) -- either may be absent from a manifest
@@ -42,13 +50,6 @@ MODEL_FAMILIES = (
 TABLE_THREADS = (1, 2, 4)
 SCENE_IMAGES = ("2008_002506.jpg", "2007_007763.jpg", "friends_t1.jpg")
 WARMUP = 3
-
-
-def stats_ms(seconds: np.ndarray | list[float]) -> dict[str, float]:
-    """median, p95, mean, min (ms) and n of a list of durations in seconds."""
-    a = np.asarray(seconds, np.float64) * 1000.0
-    return {"median_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95)),
-            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "n": int(a.size)}
 
 
 def time_calls(fn: Callable[[], Any], n: int, warmup: int = WARMUP) -> np.ndarray:
@@ -65,8 +66,6 @@ def time_calls(fn: Callable[[], Any], n: int, warmup: int = WARMUP) -> np.ndarra
 
 def bench_images(shared: Path | None = SHARED_FACES) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(face images, detection images): the public-domain faces, and those plus a few scenes."""
-    from edge.tools.demo_faces import public_domain_faces
-    from edge.recognition.images import load_image
     faces = public_domain_faces()
     scenes = dict(faces)
     if shared is not None and (shared / "scenes").is_dir():
@@ -91,10 +90,6 @@ def _matcher_for(n: int, dim: int, rng: np.random.Generator):
     """A top-1 function over N random unit vectors: the package's Matcher when importable."""
     w = rng.standard_normal((n, dim), dtype=np.float32)
     w /= np.linalg.norm(w, axis=1, keepdims=True)
-    try:
-        from edge.matching.match import Matcher, Watchlist
-    except ImportError:
-        return (lambda p: int(np.argmax(w @ p))), "numpy argmax(W @ p)"
     wl = Watchlist(w, [f"s{i}" for i in range(n)], ["wanted"] * n)
     m = Matcher(wl, {"wanted": 0.8})
     return m.match, "edge.matching.match.Matcher.match"
@@ -118,7 +113,6 @@ def model_table(models_dir: Path, runs: int, threads=TABLE_THREADS, prefer_edget
                 ) -> list[dict[str, Any]]:
     """Median ms per invoke of each model family, float and int8 invoked in turn, per thread
     count; ``edgetpu_ms`` when the int8 model's Edge TPU build loads (else the reason)."""
-    from edge.recognition.runtime import load_manifest, open_model
     have = load_manifest(models_dir)["models"]
     rows = []
     for label, float_name, int8_name in MODEL_FAMILIES:
@@ -174,11 +168,6 @@ def format_model_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(args) -> int:
-    from edge.recognition.api import Recognizer
-    from edge.config import load_config
-    from edge.recognition.embed import Embedder
-    from edge.recognition.quality import assess
-    from edge.recognition.runtime import find_models_dir, open_model
 
     repeat = int(getattr(args, "repeat", 200))
     if repeat < 1:
@@ -222,40 +211,40 @@ def run_bench(args) -> int:
             t = time_calls(lambda img=img: rec.detector.detect(img), per_n)
             pooled.append(t)
             per_image[name] = {"size": f"{img.shape[1]}x{img.shape[0]}", "faces": len(rec.detector.detect(img)),
-                               "detect": stats_ms(t)}
-        results["detect"] = stats_ms(np.concatenate(pooled))
+                               "detect": latency_summary(t)}
+        results["detect"] = latency_summary(np.concatenate(pooled))
         bar.update()
         if refiner is not None:
-            results["landmarks"] = stats_ms(time_calls(lambda: rec.alignment_points(frame, det), repeat))
+            results["landmarks"] = latency_summary(time_calls(lambda: rec.alignment_points(frame, det), repeat))
             bar.update()
         if points is not None:
-            results["align"] = stats_ms(time_calls(lambda: rec.aligner.chip(frame, det, points), repeat))
+            results["align"] = latency_summary(time_calls(lambda: rec.aligner.chip(frame, det, points), repeat))
         else:
-            results["align"] = stats_ms(time_calls(lambda: rec.chip(frame, det), repeat))
+            results["align"] = latency_summary(time_calls(lambda: rec.chip(frame, det), repeat))
         bar.update()
-        results["quality"] = stats_ms(time_calls(
+        results["quality"] = latency_summary(time_calls(
             lambda: assess(det, chip, q.min_interocular_px, q.min_sharpness, q.max_abs_yaw_deg), repeat))
         bar.update()
-        results["embed_int8"] = stats_ms(time_calls(lambda: rec.embedder.embed(chip), repeat))
+        results["embed_int8"] = latency_summary(time_calls(lambda: rec.embedder.embed(chip), repeat))
         bar.update()
-        results["embed_int8_single_pass"] = stats_ms(time_calls(lambda: single_int8.embed(chip), repeat))
+        results["embed_int8_single_pass"] = latency_summary(time_calls(lambda: single_int8.embed(chip), repeat))
         bar.update()
-        results["embed_float32"] = stats_ms(time_calls(lambda: float_embedder.embed(chip), repeat))
+        results["embed_float32"] = latency_summary(time_calls(lambda: float_embedder.embed(chip), repeat))
         bar.update()
         rng = np.random.default_rng(0)
         matcher_kind = ""
         for n in MATCH_SIZES:
             fn, matcher_kind = _matcher_for(n, probe.size, rng)
-            results[f"match_top1_{n}"] = stats_ms(time_calls(lambda fn=fn: fn(probe), repeat))
+            results[f"match_top1_{n}"] = latency_summary(time_calls(lambda fn=fn: fn(probe), repeat))
             bar.update()
         # the whole on-device path for one frame with one face, as the van runs it
-        results["pipeline_one_face"] = stats_ms(time_calls(lambda: rec.faces(frame), max(3, repeat // 4)))
+        results["pipeline_one_face"] = latency_summary(time_calls(lambda: rec.faces(frame), max(3, repeat // 4)))
         bar.update()
         v_int8, v_f32 = single_int8.embed(chip)[0], float_embedder.embed(chip)[0]
         agreement = {"cosine_int8_vs_float32": float(v_int8 @ v_f32)}
         if dl:
             dlib, hog, facerec = dl
-            results["dlib_descriptor"] = stats_ms(time_calls(lambda: facerec.compute_face_descriptor(chip),
+            results["dlib_descriptor"] = latency_summary(time_calls(lambda: facerec.compute_face_descriptor(chip),
                                                              n_dlib, warmup=1))
             d = np.asarray(facerec.compute_face_descriptor(chip), np.float32)
             agreement["cosine_int8_vs_dlib"] = float(v_int8 @ (d / np.linalg.norm(d)))
@@ -266,20 +255,20 @@ def run_bench(args) -> int:
                 t = time_calls(lambda img=img: hog(img, 1), per_hog, warmup=1)
                 pooled.append(t)
                 per_image[name]["dlib_hog_faces"] = len(hog(img, 1))
-                per_image[name]["dlib_hog"] = stats_ms(t)
-            results["dlib_hog_detect"] = stats_ms(np.concatenate(pooled))
+                per_image[name]["dlib_hog"] = latency_summary(t)
+            results["dlib_hog_detect"] = latency_summary(np.concatenate(pooled))
             bar.update()
 
         model_rows = model_table(find_models_dir(rt.models_dir or None), max(10, min(repeat, 100)),
                                  prefer_edgetpu=rt.prefer_edgetpu)
         bar.update()
 
-    single = results["embed_int8_single_pass"]["median_ms"]
-    ratios = {"float32_over_int8": results["embed_float32"]["median_ms"] / single}
+    single = results["embed_int8_single_pass"]["p50_ms"]
+    ratios = {"float32_over_int8": results["embed_float32"]["p50_ms"] / single}
     if dl:
-        ratios["dlib_over_int8"] = results["dlib_descriptor"]["median_ms"] / single
-        ratios["dlib_over_int8_as_configured"] = results["dlib_descriptor"]["median_ms"] / results["embed_int8"]["median_ms"]
-        ratios["dlib_hog_over_blazeface"] = results["dlib_hog_detect"]["median_ms"] / results["detect"]["median_ms"]
+        ratios["dlib_over_int8"] = results["dlib_descriptor"]["p50_ms"] / single
+        ratios["dlib_over_int8_as_configured"] = results["dlib_descriptor"]["p50_ms"] / results["embed_int8"]["p50_ms"]
+        ratios["dlib_hog_over_blazeface"] = results["dlib_hog_detect"]["p50_ms"] / results["detect"]["p50_ms"]
     report = {
         "stages": results,
         "ratios": ratios,
@@ -294,7 +283,7 @@ def run_bench(args) -> int:
                       "dlib_over_int8_as_configured uses embed_int8, which with mirror_average runs two",
         "dlib": (getattr(dl[0], "__version__", "?") if dl else None),
         "shared_scenes": shared_used,
-        "model_sha256": rec.model_sha256,
+        "model_sha256": rec.embedder_sha256, "loaded_model_sha256": rec.loaded_embedder_sha256,
         "delegates": rec.delegates,
         "threads": rt.threads,
         "models": model_rows,
@@ -331,14 +320,14 @@ LABELS = {
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"{'stage':46s}{'median ms':>11s}{'p95 ms':>10s}{'runs':>7s}"]
     for key, s in report["stages"].items():
-        lines.append(f"{LABELS.get(key, key):46s}{s['median_ms']:11.3f}{s['p95_ms']:10.3f}{s['n']:7d}")
+        lines.append(f"{LABELS.get(key, key):46s}{s['p50_ms']:11.3f}{s['p95_ms']:10.3f}{s['n']:7d}")
     lines.append("")
     lines.append(f"{'detect per image':30s}{'size':>11s}{'faces':>7s}{'median ms':>11s}"
                  + (f"{'dlib faces':>12s}{'dlib ms':>10s}" if report["dlib"] else ""))
     for name, r in report["detect_per_image"].items():
-        line = f"{name:30s}{r['size']:>11s}{r['faces']:7d}{r['detect']['median_ms']:11.2f}"
+        line = f"{name:30s}{r['size']:>11s}{r['faces']:7d}{r['detect']['p50_ms']:11.2f}"
         if "dlib_hog" in r:
-            line += f"{r['dlib_hog_faces']:12d}{r['dlib_hog']['median_ms']:10.1f}"
+            line += f"{r['dlib_hog_faces']:12d}{r['dlib_hog']['p50_ms']:10.1f}"
         lines.append(line)
     lines.append("")
     r = report["ratios"]

@@ -39,8 +39,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.appliance.builder import build_appliance, build_recognizers
+from edge.appliance.metrics import process_rss_bytes, tune_malloc
+from edge.config import load_config, validate
 from edge.errors import InputError
+from edge.matching.calibration import SCORE_DECADES, ThresholdPolicy
+from edge.matching.match import fpir_for_fmr
+from edge.matching.normalise import load_score_model
 from edge.paths import shared_faces_or_none
+from edge.recognition.images import load_image
+from edge.tools.composer import Actor, ComposedSource, Scene, cast
+from edge.tools.evaluation.lfw import by_image_count, scan_lfw
+from edge.tools.rig import ThrowawayUnit
 
 SIZES = (64, 80, 100, 128, 160)
 FR_TOLERANCE = 0.6
@@ -53,7 +63,6 @@ def _peak_rss_mb() -> float:
 def bench_scene(recognizer, shared, *, seconds: float, faces_per_frame: int, size=(1920, 1080), fps: float = 30.0,
                 listed: int = 6, unlisted: int = 6, seed: int = 3):
     """(people, scene) of the benchmark clip."""
-    from edge.tools.composer import Actor, Scene, cast
     people = cast(recognizer, shared, listed=listed, unlisted=unlisted, seed=seed)
     # interleave listed and unlisted people so every lane sees both
     lst = [p for p in people if p.subject_id]
@@ -129,11 +138,9 @@ class UnitScore:
     the threshold of the target FPIR (default), or the raw cosine and ``threshold_wanted``."""
 
     def __init__(self, cfg, n_listed: int):
-        from edge.matching.calibration import ThresholdPolicy
         self.cfg, self.n = cfg, int(n_listed)
         self.model = None
         if cfg.match.score_normalisation:
-            from edge.matching.normalise import load_score_model
             self.model = load_score_model(cfg.runtime.models_dir or None)
             self.policy = ThresholdPolicy(self.model.calibration, float(cfg.match.target_fpir), self.n)
             self.threshold = self.policy.threshold
@@ -155,9 +162,6 @@ class UnitScore:
 
     def config_at(self, threshold: float):
         """``cfg`` with the unit's threshold moved to ``threshold`` (on this score's scale)."""
-        from edge.config import validate
-        from edge.matching.match import fpir_for_fmr
-        from edge.matching.calibration import SCORE_DECADES
         d = self.cfg.as_dict()
         if self.model is None:
             d["match"].update({f"threshold_{c}": float(threshold) for c in ("wanted", "missing", "vulnerable")})
@@ -175,12 +179,10 @@ def matched_tolerance(face_recognition, recognizer, shared, unit_score: "UnitSco
     with several photos (never the single-photo people of the shipped background cohort, which
     the unit's score would see in-sample). Comparing the two at their own defaults would
     compare two operating points."""
-    from edge.tools.composer import _lfw_identities
-    from edge.recognition.images import load_image
     lfw = Path(shared) / "lfw-dev" if shared else None
     if not lfw or not lfw.is_dir():
         return None
-    multi, _ = _lfw_identities(lfw)
+    multi, _ = by_image_count(scan_lfw(lfw))
     rng = np.random.default_rng(seed)
     ours, theirs = [], []
     for i in rng.permutation(len(multi)):
@@ -273,19 +275,11 @@ def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None,
 def _run_ours(tu, bundle: bytes, scene, recs, state: Path, *, pace: str, soak: int, say, cfg=None):
     """One pipeline run on the scene with the bundle loaded (``cfg``: another configuration,
     e.g. another threshold). Returns (report, alert events, RSS samples, RSS figures)."""
-    from edge.tools.composer import ComposedSource
-    from edge.alerts.outbox import Outbox
-    from edge.appliance.pipeline import OutboxSink, Pipeline, process_rss_bytes
-    from edge.watchlist.unit import UnitWatchlist
     cfg = cfg if cfg is not None else tu.config
-    unit = UnitWatchlist(cfg, model_sha256=recs[0].embedder.model.spec.get("sha256", recs[0].model_sha256),
-                         state_dir=state, device_key=tu.device)
-    unit.load(bundle)
-    outbox = Outbox(state / "outbox.sqlite", max_pending=cfg.outbox.max_pending)
     src = ComposedSource(scene, pace=pace, loops=0 if soak else 1, max_frames=soak)
-    pl = Pipeline(cfg, src, watchlist=unit.current, sink=OutboxSink(outbox, cfg.outbox.max_crop_bytes),
-                  unit_id="bench-unit", recognizers=recs, outbox_stats=lambda: {"outbox_pending": outbox.pending_count()},
-                  keep_events=0 if soak else 100_000)
+    app = build_appliance(cfg, src, recognizers=recs, state_dir=state, bundle=bundle, device_key=tu.device,
+                          unit_id="bench-unit", keep_events=0 if soak else 100_000, say=lambda s: None)
+    pl = app.pipeline
     samples = []
     stop = threading.Event()
 
@@ -301,11 +295,11 @@ def _run_ours(tu, bundle: bytes, scene, recs, state: Path, *, pace: str, soak: i
     th.start()
     before = process_rss_bytes() / 2**20
     try:
-        rep = pl.run()
+        rep = app.run()
     finally:
         stop.set()
         th.join()
-        outbox.close()
+        app.close()
     rss = {"before_run": round(before, 1), "after_run": round(process_rss_bytes() / 2**20, 1),
            "peak": round(_peak_rss_mb(), 1)}
     rep["_latency_ms"] = {k: pl.times.samples(k) * 1e3 for k in PLOT_STAGES}
@@ -360,9 +354,6 @@ def plot_bench(path: str | Path, result: dict, latency_ms: dict, samples: list) 
 
 
 def run_bench(args) -> int:
-    from edge.config import load_config, validate
-    from edge.appliance.pipeline import build_recognizers, tune_malloc
-    from edge.tools.rig import ThrowawayUnit
 
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     tune_malloc()

@@ -23,6 +23,10 @@ import numpy as np
 
 from edge.appliance.capture import FrameSource
 from edge.errors import InputError
+from edge.recognition.images import load_image
+from edge.tools.demo_faces import public_domain_faces
+from edge.tools.evaluation.lfw import by_image_count, scan_lfw
+from edge.types import CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -325,15 +329,6 @@ class Person:
     head: Head = field(repr=False)
 
 
-def _lfw_identities(lfw: Path) -> tuple[list[list[Path]], list[list[Path]]]:
-    multi, single = [], []
-    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        imgs = sorted(person.glob("*.jpg"))
-        if imgs:
-            (multi if len(imgs) >= 2 else single).append(imgs)
-    return multi, single
-
-
 def cast(recognizer, shared: str | os.PathLike | None, *, listed: int, unlisted: int, seed: int = 0,
          min_genuine: float | None = None, max_impostor: float | None = None,
          public: bool = True, prefix: str = "DEMO") -> list[Person]:
@@ -351,9 +346,6 @@ def cast(recognizer, shared: str | os.PathLike | None, *, listed: int, unlisted:
     this to exercise the pipeline rather than the model's error rate (which ``edge-lfr eval``
     measures); the benchmark does not screen.
     """
-    from edge.tools.demo_faces import public_domain_faces
-    from edge.recognition.images import load_image
-    from edge.types import CATEGORIES
 
     people: list[Person] = []
     n = 0
@@ -367,7 +359,7 @@ def cast(recognizer, shared: str | os.PathLike | None, *, listed: int, unlisted:
     lfw = Path(shared) / "lfw-dev" if shared else None
     if not lfw or not lfw.is_dir() or (listed <= 0 and unlisted <= 0):
         return people
-    multi, single = _lfw_identities(lfw)
+    multi, single = by_image_count(scan_lfw(lfw))
     rng = np.random.default_rng(seed)
     listed_vecs = [recognizer.embed_image(p.enrol_image) for p in people
                    if p.subject_id and max_impostor is not None]

@@ -23,7 +23,17 @@ import threading
 import time
 from pathlib import Path
 
+from edge.alerts import message as alerts
+from edge.alerts import schema as message_schema
+from edge.alerts.display import format_alert
+from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, make_certs
+from edge.alerts.subscriber import Subscriber
+from edge.appliance.builder import build_appliance, build_recognizers
+from edge.appliance.capture import FileSource
+from edge.config import load_config
 from edge.paths import shared_faces_or_none
+from edge.tools.composer import Actor, Scene, cast
+from edge.tools.rig import ThrowawayUnit
 
 UNIT = "demo-van"
 OBSERVER = "demo-observer"
@@ -31,7 +41,6 @@ OBSERVER = "demo-observer"
 
 def _schedule(people, *, lanes: int, pass_seconds: float, sizes, size=(1280, 720)):
     """Each person walks across once; lanes staggered; returns actors."""
-    from edge.tools.composer import Actor
     actors = []
     ys = [0.34, 0.56, 0.76][:lanes] if lanes <= 3 else [0.3 + 0.45 * i / (lanes - 1) for i in range(lanes)]
     lane_t = [0.4 + i * pass_seconds / max(lanes, 1) for i in range(lanes)]
@@ -59,16 +68,6 @@ def attribute(scene, ev):
 
 
 def run_demo(args) -> int:
-    from edge.alerts import message as alerts
-    from edge.appliance.capture import FileSource
-    from edge.cli.alerts import format_alert
-    from edge.tools.composer import Scene, cast
-    from edge.config import load_config
-    from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, make_certs
-    from edge.alerts.publisher import AlertPublisher, Subscriber
-    from edge.appliance.pipeline import OutboxSink, Pipeline, build_recognizers
-    from edge.tools.rig import ThrowawayUnit
-
     t_start = time.monotonic()
     cfg = load_config(args.config)
     out = Path(args.out)
@@ -104,14 +103,8 @@ def run_demo(args) -> int:
         tmp = Path(tmp)
         tu = ThrowawayUnit(tmp / "unit", UNIT, base_config=cfg)
         bundle, report = tu.sign(people, rec, hours=1.0, operation_id="DEMO-OP")
-        unit = tu.unit()
-        live = unit.load(bundle)
-        s = live.manifest.summary()
-        print(f"watchlist: signed with a throwaway issuer key, verified and loaded: {s['subjects']} subjects "
-              f"({', '.join(f'{k} {v}' for k, v in s['by_category'].items() if v)}), valid until {s['valid_until']}",
-              flush=True)
 
-        broker = sub = publisher = None
+        broker = sub = None
         received: list[dict] = []
         lock = threading.Lock()
         try:
@@ -136,8 +129,8 @@ def run_demo(args) -> int:
 
             def on_message(topic: str, payload: bytes) -> None:
                 try:
-                    a = alerts.validate_alert(json.loads(payload))
-                except (ValueError, alerts.AlertError):
+                    a = message_schema.validate_alert(json.loads(payload))
+                except (ValueError, message_schema.AlertError):
                     return
                 with lock:
                     if any(r["event_id"] == a["event_id"] for r in received):
@@ -152,31 +145,31 @@ def run_demo(args) -> int:
                              str(certs / f"{OBSERVER}.key"), [f"{ucfg.mqtt.topic_prefix}/{UNIT}/alert"], on_message,
                              client_id=OBSERVER)
             sub.start()
-            publisher = AlertPublisher(ucfg, outbox=None).start()
-            publisher.wait_connected(10)
-            sink = publisher.submit
             print(f"broker: throwaway mosquitto on {LOOPBACK}:{broker.port} (TLS, client certificates); "
                   f"subscribed as {OBSERVER} to {ucfg.mqtt.topic_prefix}/{UNIT}/alert", flush=True)
         else:
-            from edge.alerts.outbox import Outbox
-            ob = Outbox(tmp / "outbox.sqlite")
-            sink = OutboxSink(ob, cfg.outbox.max_crop_bytes)
+            ucfg = tu.config
 
         pace = "fast" if args.fast else "realtime"
         print(f"\nlive pipeline on {video.name} ({'as fast as possible' if args.fast else 'in real time'}) ...",
               flush=True)
-        pl = Pipeline(tu.config, FileSource(video, pace=pace), watchlist=unit.current, sink=sink, unit_id=UNIT,
-                      on_alert=on_alert, recognizers=recs)
+        app = build_appliance(ucfg, FileSource(video, pace=pace), recognizers=recs, bundle=bundle, device_key=tu.device,
+                              publish=broker is not None, on_alert=on_alert, unit_id=UNIT, say=lambda s: None)
+        s = app.unit.current().manifest.summary()
+        print(f"watchlist: signed with a throwaway issuer key, verified and loaded: {s['subjects']} subjects "
+              f"({', '.join(f'{k} {v}' for k, v in s['by_category'].items() if v)}), valid until {s['valid_until']}",
+              flush=True)
         try:
-            rep = pl.run()
-            if publisher is not None:
-                publisher.wait_idle(10.0)
+            if app.publisher is not None:
+                app.publisher.start().wait_connected(10)
+            rep = app.run()
+            if app.publisher is not None:
+                app.publisher.wait_idle(10.0)
                 deadline = time.monotonic() + 5.0
                 while time.monotonic() < deadline and len(received) < len(events):
                     time.sleep(0.05)
         finally:
-            if publisher is not None:
-                publisher.stop()
+            app.close()
             if sub is not None:
                 sub.stop()
             if broker is not None:

@@ -28,15 +28,25 @@ from __future__ import annotations
 
 import csv
 import math
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import yaml
 
-from edge.errors import ConfigError, InputError
+from edge.appliance.builder import build_appliance
+from edge.appliance.capture import FileSource
+from edge.config import load_config, validate
+from edge.errors import InputError
+from edge.recognition.api import embedder_sha256
+from edge.watchlist.bundle import Limits, make_bundle
+from edge.watchlist.enrol import enrol, read_manifest
+from edge.watchlist.keys import TrustStore, generate_device, generate_issuer, save_device, save_trust, trusted_key
+from edge.watchlist.unit import UnitWatchlist
 
 MAX_EXPECT_BYTES = 1 << 20
 
@@ -228,8 +238,6 @@ class ThrowawayUnit:
     folder the caller owns and deletes), and the unit configuration that points at them."""
 
     def __init__(self, root, unit_id: str = "rig-unit", base_config=None):
-        from edge.config import load_config
-        from edge.watchlist.keys import TrustStore, generate_device, generate_issuer, save_device, save_trust, trusted_key
         self.root = Path(root)
         self.unit_id = unit_id
         keys = self.root / "keys"
@@ -243,12 +251,10 @@ class ThrowawayUnit:
                              "device_key": str(keys / "device.key"), "trust_file": str(keys / "trust.yaml"),
                              "device_key_passphrase_file": ""})
         self.config_dict = base
-        from edge.config import validate
         self.config = validate(base)
 
     def with_config(self, **sections) -> Any:
         """The unit's config with some sections replaced/updated (dicts)."""
-        from edge.config import validate
         d = {k: dict(v) for k, v in self.config_dict.items()}
         for k, v in sections.items():
             d[k].update(v)
@@ -260,9 +266,6 @@ class ThrowawayUnit:
              operation_id: str = "OP-THROWAWAY") -> tuple[bytes, dict]:
         """Enrol the listed people (their enrolment photos, through :func:`edge.watchlist.enrol.enrol`, the
         back office's path) and sign a bundle for this unit. Returns (bundle bytes, enrolment report)."""
-        from edge.watchlist.bundle import Limits, make_bundle
-        from edge.watchlist.enrol import enrol, read_manifest
-        import cv2
         listed = [p for p in people if p.subject_id]
         if not listed:
             raise InputError("nobody to enrol: no listed people")
@@ -290,13 +293,12 @@ class ThrowawayUnit:
                               serial=serial if serial is not None else now, operation_id=operation_id,
                               authorising_officer="Test Rig 0000", valid_from=now - 60,
                               valid_until=now + int(hours * 3600),
-                              model_sha256=recognizer.embedder.model.spec.get("sha256", recognizer.model_sha256),
+                              model_sha256=recognizer.embedder_sha256,
                               issued_at=now - 60, limits=Limits.from_config(self.config))
         return data, result.report()
 
     def unit(self, state_dir=None):
         """A :class:`~edge.watchlist.unit.UnitWatchlist` for this unit."""
-        from edge.watchlist.unit import UnitWatchlist, embedder_sha256
         return UnitWatchlist(self.config, model_sha256=embedder_sha256(self.config), state_dir=state_dir,
                              device_key=self.device)
 
@@ -311,48 +313,23 @@ def replay(config, *, source, bundle: str | None, expect: str | None, junit: str
     """Run ``source`` (a video file or image folder) through the pipeline with ``bundle``
     loaded into a temporary state folder; check ``expect``; write ``junit``. Returns
     (result or None without --expect, pipeline report)."""
-    import tempfile
-
-    from edge.appliance.capture import FileSource
-    from edge.alerts.outbox import Outbox
-    from edge.appliance.pipeline import OutboxSink, Pipeline
-    from edge.watchlist.unit import UnitWatchlist, embedder_sha256
-
     expectations = load_expectations(expect) if expect else None
     src = FileSource(source, pace=pace, loop=False, fps=config.camera.fps,
                      max_pixels=config.limits.max_image_pixels)
+    if not bundle:
+        say("no --bundle: nothing can match; every expectation of an alert will fail")
     with tempfile.TemporaryDirectory(prefix="edge-lfr-replay-") as tmp:
-        tmp = Path(tmp)
-        live_fn = lambda: None  # noqa: E731
-        if bundle:
-            if not config.unit.id:
-                raise ConfigError("unit.id: the rig's unit id is needed to open the bundle (set it in --config)")
-            unit = UnitWatchlist(config, model_sha256=embedder_sha256(config), state_dir=tmp / "state")
-            live = unit.load(bundle)
-            s = live.manifest.summary()
-            say(f"watchlist {s['bundle_id']} serial {s['serial']}: {s['subjects']} subjects, valid until {s['valid_until']}")
-            live_fn = unit.current
-        else:
-            say("no --bundle: nothing can match; every expectation of an alert will fail")
-        outbox = Outbox(tmp / "outbox.sqlite", max_pending=config.outbox.max_pending,
-                        retention_days=config.outbox.retention_days)
-        publisher = None
-        if publish:
-            from edge.alerts.publisher import AlertPublisher
-            publisher = AlertPublisher(config, outbox=outbox).start()
-            sink = publisher.submit
-        else:
-            sink = OutboxSink(outbox, config.outbox.max_crop_bytes)
-        pl = Pipeline(config, src, watchlist=live_fn, sink=sink, on_alert=on_alert, recognizers=recognizers,
-                      unit_id=config.unit.id or "rig-unit", outbox_stats=lambda: {"outbox_pending": outbox.pending_count()})
+        app = build_appliance(config, src, recognizers=recognizers, state_dir=Path(tmp) / "state",
+                              bundle=bundle or None, publish=publish, on_alert=on_alert,
+                              unit_id=config.unit.id or "rig-unit", say=say)
+        pl = app.pipeline
         t0 = time.monotonic()
         try:
-            report = pl.run()
+            report = app.run()
         finally:
-            if publisher is not None:
-                publisher.wait_idle(10.0)
-                publisher.stop()
-            outbox.close()
+            if app.publisher is not None:
+                app.publisher.wait_idle(10.0)
+            app.close()
         elapsed = time.monotonic() - t0
     result = None
     if expectations is not None:

@@ -32,15 +32,21 @@ from typing import Mapping, Sequence
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 
-from edge.watchlist.errors import (BundleFormatError, BundleIntegrityError, BundleLimitError,
-                            BundleSignatureError, BundleUntrustedIssuerError)
-from edge.watchlist.envelope import canonical_json, open_envelope, parse_envelope, seal, strict_json
+from edge.encoding import b64encode, canonical_json
 from edge.errors import WatchlistError
-from edge.watchlist.keys import UNIT_ID_RE, DeviceKey, IssuerKey, TrustedKey, TrustStore, UnitPublic
-from edge.matching.match import Matcher, Watchlist
-from edge.watchlist.safetar import BoundedInflater, TarEntry, TarReader, pack_tar
-from edge.types import CATEGORIES
+from edge.matching.match import Watchlist
+from edge.types import CATEGORIES, UNIT_ID_RE
 from edge.utc import format_utc, parse_canonical
+from edge.watchlist.envelope import open_envelope, parse_envelope, seal, strict_json
+from edge.watchlist.errors import (
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleLimitError,
+    BundleSignatureError,
+    BundleUntrustedIssuerError,
+)
+from edge.watchlist.keys import DeviceKey, IssuerKey, TrustedKey, TrustStore, UnitPublic
+from edge.watchlist.safetar import BoundedInflater, TarEntry, TarReader, pack_tar
 
 __all__ = [
     "Limits", "SubjectEntry", "Manifest", "Bundle", "make_bundle", "open_bundle", "parse_manifest",
@@ -378,7 +384,7 @@ def _sha(data: bytes) -> str:
 def sign_manifest(raw: bytes, issuer: IssuerKey) -> bytes:
     """The manifest.sig member for manifest bytes ``raw``."""
     sig = issuer.sign(SIGNING_CONTEXT + raw)
-    return canonical_json({"alg": "ed25519", "key_id": issuer.key_id, "sig": base64.b64encode(sig).decode()})
+    return canonical_json({"alg": "ed25519", "key_id": issuer.key_id, "sig": b64encode(sig)})
 
 
 def assemble(entries: Sequence[TarEntry], recipients: Sequence[UnitPublic], compresslevel: int = 6) -> bytes:
@@ -462,9 +468,6 @@ class Bundle:
             return Watchlist(self.embeddings, ids, cats, thr)
         except WatchlistError as exc:
             raise BundleFormatError(f"bundle embeddings are unusable: {exc}") from None
-
-    def matcher(self, category_thresholds: Mapping[str, float]) -> Matcher:
-        return Matcher(self.watchlist(), category_thresholds)
 
     def thumbnail(self, subject_index: int) -> bytes | None:
         name = self.manifest.subjects[subject_index].thumbnail

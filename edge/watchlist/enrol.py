@@ -57,10 +57,18 @@ import cv2
 import numpy as np
 import yaml
 
-from edge.watchlist.bundle import (SubjectEntry, check_category, check_reason_code, check_source, check_subject_id,
-                     check_threshold)
 from edge.errors import EdgeError, WatchlistError
+from edge.progress import Progress
 from edge.recognition.images import load_image
+from edge.recognition.quality import gate
+from edge.watchlist.bundle import (
+    SubjectEntry,
+    check_category,
+    check_reason_code,
+    check_source,
+    check_subject_id,
+    check_threshold,
+)
 
 __all__ = ["EnrolmentError", "ManifestError", "EnrolImage", "EnrolSubject", "ImageReport", "Enrolment",
            "read_manifest", "assess_image", "enrol", "thumbnail_jpeg", "REASONS"]
@@ -315,35 +323,12 @@ def assess_image(recognizer, image: np.ndarray, config=None):
         if ratio >= w.enrol_max_second_face_ratio:
             return None, {**info, "reason": "multiple_faces",
                           "detail": f"{len(faces)} faces; the second is {ratio:.0%} of the largest's width"}
-    # yaw first: a head turned away also shows a short eye distance, which is not the problem
     qc = cfg.quality
-    if abs(q.yaw_deg) > qc.max_abs_yaw_deg:
-        return None, {**info, "reason": "profile", "detail": f"head yaw {q.yaw_deg:.0f} deg beyond {qc.max_abs_yaw_deg:g}"}
-    min_iod = max(w.enrol_min_interocular_px, qc.min_interocular_px)
-    if q.interocular_px < min_iod:
-        return None, {**info, "reason": "too_small", "detail": f"eye distance {q.interocular_px:.1f} px < {min_iod:g} px"}
-    if q.sharpness < qc.min_sharpness:
-        return None, {**info, "reason": "blurred", "detail": f"sharpness {q.sharpness:.1f} < {qc.min_sharpness:g}"}
+    failed = gate(q.interocular_px, q.sharpness, q.yaw_deg, max(w.enrol_min_interocular_px, qc.min_interocular_px),
+                  qc.min_sharpness, qc.max_abs_yaw_deg)
+    if failed:
+        return None, {**info, "reason": failed[0], "detail": failed[1]}
     return main, info
-
-
-def _progress(total: int, enabled: bool):
-    try:
-        from edge.progress import Progress
-    except ImportError:  # pragma: no cover - progress.py is part of the package
-        return _NullProgress()
-    return Progress(total, "enrolling", enabled=enabled, unit="img")
-
-
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def update(self, n=1):
-        pass
 
 
 def enrol(subjects: list[EnrolSubject], images_dir: str | os.PathLike, recognizer, config=None,
@@ -359,7 +344,7 @@ def enrol(subjects: list[EnrolSubject], images_dir: str | os.PathLike, recognize
     reports: list[ImageReport] = []
     not_enrolled: list[str] = []
     total = sum(len(s.images) for s in subjects)
-    with _progress(total, progress) as bar:
+    with Progress(total, "enrolling", enabled=progress, unit="img") as bar:
         for s in subjects:
             sources: list[str] = []
             thumb = None

@@ -18,8 +18,6 @@ Authenticity comes from the issuer's signature inside the payload (:mod:`edge.wa
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
@@ -32,8 +30,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.encoding import b64decode_exact, b64encode, canonical_json
+from edge.types import UNIT_ID_RE
 from edge.watchlist.errors import BundleDecryptError, BundleFormatError, BundleLimitError, BundleNotForThisUnitError
-from edge.watchlist.keys import UNIT_ID_RE, DeviceKey, UnitPublic
+from edge.watchlist.keys import DeviceKey, UnitPublic
 
 MAGIC = b"EDGE-WL\x01"
 MAX_HEADER_BYTES = 64 * 1024
@@ -45,10 +45,6 @@ RECIPIENT_KEYS = {"unit_id", "key_id", "epk", "nonce", "wrapped"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def canonical_json(obj) -> bytes:
-    """Sorted keys, no spaces, ASCII only, no NaN: one byte string per value."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
 
 
 def _no_duplicates(pairs):
@@ -80,20 +76,8 @@ def strict_json(raw: bytes, what: str, error: type[Exception] = BundleFormatErro
     return doc
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(value, what: str, length: int) -> bytes:
-    if not isinstance(value, str):
-        raise BundleFormatError(f"{what} must be a base64 string")
-    try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise BundleFormatError(f"{what} is not valid base64") from None
-    if len(raw) != length:
-        raise BundleFormatError(f"{what} must be {length} bytes, got {len(raw)}")
-    return raw
 
 
 @dataclass(frozen=True)
@@ -142,11 +126,11 @@ def seal(payload: bytes, recipients: list[UnitPublic]) -> bytes:
         shared = eph.exchange(X25519PublicKey.from_public_bytes(unit.x25519))
         nonce = os.urandom(12)
         wrapped = AESGCM(_kek(shared, epk, unit.x25519)).encrypt(nonce, cek, _wrap_aad(unit.unit_id, unit.key_id))
-        entries.append({"unit_id": unit.unit_id, "key_id": unit.key_id, "epk": _b64(epk),
-                        "nonce": _b64(nonce), "wrapped": _b64(wrapped)})
+        entries.append({"unit_id": unit.unit_id, "key_id": unit.key_id, "epk": b64encode(epk),
+                        "nonce": b64encode(nonce), "wrapped": b64encode(wrapped)})
     nonce = os.urandom(12)
     header = canonical_json({"format": "edge-lfr-watchlist-bundle", "version": 1, "cipher": "AES-256-GCM",
-                             "kem": "X25519-HKDF-SHA256", "nonce": _b64(nonce), "recipients": entries})
+                             "kem": "X25519-HKDF-SHA256", "nonce": b64encode(nonce), "recipients": entries})
     aad = MAGIC + struct.pack(">I", len(header)) + header
     return aad + AESGCM(cek).encrypt(nonce, payload, aad)
 
@@ -182,12 +166,12 @@ def parse_envelope(data: bytes) -> Envelope:
             raise BundleFormatError(f"bundle header recipient {i}: bad unit id")
         if not isinstance(r["key_id"], str) or not _HEX64.fullmatch(r["key_id"]):
             raise BundleFormatError(f"bundle header recipient {i}: bad key id")
-        recipients.append(Recipient(r["unit_id"], r["key_id"], _unb64(r["epk"], "recipient epk", 32),
-                                    _unb64(r["nonce"], "recipient nonce", 12),
-                                    _unb64(r["wrapped"], "recipient wrapped key", 48)))
+        recipients.append(Recipient(r["unit_id"], r["key_id"], b64decode_exact(r["epk"], "recipient epk", BundleFormatError, 32),
+                                    b64decode_exact(r["nonce"], "recipient nonce", BundleFormatError, 12),
+                                    b64decode_exact(r["wrapped"], "recipient wrapped key", BundleFormatError, 48)))
     if len({r.key_id for r in recipients}) != len(recipients):
         raise BundleFormatError("bundle header lists the same unit key twice")
-    nonce = _unb64(header["nonce"], "bundle nonce", 12)
+    nonce = b64decode_exact(header["nonce"], "bundle nonce", BundleFormatError, 12)
     return Envelope(header, tuple(recipients), nonce, bytes(data[:end]), memoryview(data)[end:])
 
 

@@ -29,8 +29,6 @@ the old one lapse::
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 import re
@@ -45,7 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.atomicfile import atomic_write, write_new_private
+from edge.encoding import b64decode_exact, b64encode
 from edge.errors import ConfigError, EdgeError
+from edge.types import UNIT_ID_RE
 from edge.utc import format_utc, parse_utc
 
 __all__ = [
@@ -53,10 +53,9 @@ __all__ = [
     "IssuerKey", "IssuerPublic", "DeviceKey", "UnitPublic", "TrustedKey", "TrustStore",
     "key_id", "check_unit_id", "generate_issuer", "generate_device",
     "save_issuer", "save_device", "load_issuer_key", "load_device_key",
-    "load_issuer_public", "load_unit_public", "load_trust", "save_trust", "read_passphrase",
+    "load_issuer_public", "load_unit_public", "load_trust", "save_trust", "read_passphrase", "device_key_from_config",
 ]
 
-UNIT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -99,20 +98,8 @@ def _raw(pub) -> bytes:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: object, what: str, error: type[Exception], length: int = 32) -> bytes:
-    if not isinstance(text, str):
-        raise error(f"{what} must be a base64 string, got {type(text).__name__}")
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise error(f"{what} is not valid base64") from None
-    if len(raw) != length:
-        raise error(f"{what} must decode to {length} bytes, got {len(raw)}")
-    return raw
 
 
 # --------------------------------------------------------------------------------------
@@ -271,7 +258,7 @@ def save_issuer(key: IssuerKey, out_dir: str | os.PathLike, passphrase: bytes | 
     write_new_private(priv, comment + _pem(key.private, passphrase))
     ip = key.public
     atomic_write(pub, _public_yaml("edge-lfr-issuer-public-key", {
-        "name": ip.name, "key_id": ip.key_id, "ed25519": _b64(ip.public), "created": format_utc(_now())}), 0o644)
+        "name": ip.name, "key_id": ip.key_id, "ed25519": b64encode(ip.public), "created": format_utc(_now())}), 0o644)
     return priv, pub
 
 
@@ -290,7 +277,7 @@ def save_device(key: DeviceKey, out_dir: str | os.PathLike, passphrase: bytes | 
     write_new_private(priv, comment + _pem(key.ed25519, passphrase) + _pem(key.x25519, passphrase))
     up = key.public
     atomic_write(pub, _public_yaml("edge-lfr-unit-public-key", {
-        "unit_id": up.unit_id, "key_id": up.key_id, "x25519": _b64(up.x25519), "ed25519": _b64(up.ed25519),
+        "unit_id": up.unit_id, "key_id": up.key_id, "x25519": b64encode(up.x25519), "ed25519": b64encode(up.ed25519),
         "created": format_utc(_now())}), 0o644)
     return priv, pub
 
@@ -348,7 +335,7 @@ def _check_id(doc: dict, raw: bytes, path, error) -> None:
 def load_issuer_public(path: str | os.PathLike) -> IssuerPublic:
     doc = _load_yaml_mapping(path, "issuer public key file", KeyFileError, MAX_KEY_FILE_BYTES)
     _check_kind(doc, "edge-lfr-issuer-public-key", path, KeyFileError)
-    raw = _unb64(doc.get("ed25519"), f"{path}: ed25519", KeyFileError)
+    raw = b64decode_exact(doc.get("ed25519"), f"{path}: ed25519", KeyFileError, length=32)
     _check_id(doc, raw, path, KeyFileError)
     name = doc.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -359,8 +346,8 @@ def load_issuer_public(path: str | os.PathLike) -> IssuerPublic:
 def load_unit_public(path: str | os.PathLike) -> UnitPublic:
     doc = _load_yaml_mapping(path, "unit public key file", KeyFileError, MAX_KEY_FILE_BYTES)
     _check_kind(doc, "edge-lfr-unit-public-key", path, KeyFileError)
-    x = _unb64(doc.get("x25519"), f"{path}: x25519", KeyFileError)
-    e = _unb64(doc.get("ed25519"), f"{path}: ed25519", KeyFileError)
+    x = b64decode_exact(doc.get("x25519"), f"{path}: x25519", KeyFileError, length=32)
+    e = b64decode_exact(doc.get("ed25519"), f"{path}: ed25519", KeyFileError, length=32)
     _check_id(doc, x, path, KeyFileError)
     return UnitPublic(check_unit_id(doc.get("unit_id"), f"{path}: unit_id"), x, e)
 
@@ -466,7 +453,7 @@ def load_trust(path: str | os.PathLike) -> TrustStore:
         extra = set(item) - allowed
         if extra:
             raise TrustFileError(f"{where}: unknown key {sorted(map(str, extra))[0]!r}")
-        raw = _unb64(item.get("ed25519"), f"{where}.ed25519", TrustFileError)
+        raw = b64decode_exact(item.get("ed25519"), f"{where}.ed25519", TrustFileError, length=32)
         _check_id(item, raw, where, TrustFileError)
         name = item.get("name", "")
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -490,7 +477,7 @@ def load_trust(path: str | os.PathLike) -> TrustStore:
 
 def save_trust(store: TrustStore, path: str | os.PathLike) -> None:
     doc = {"version": 1, "issuers": [
-        {"name": k.name, "key_id": k.key_id, "ed25519": _b64(k.public), "valid_from": format_utc(k.valid_from),
+        {"name": k.name, "key_id": k.key_id, "ed25519": b64encode(k.public), "valid_from": format_utc(k.valid_from),
          "valid_until": format_utc(k.valid_until), "revoked": k.revoked, "note": k.note} for k in store.keys]}
     text = ("# edge-lfr trust file: the issuer keys whose watchlist bundles this unit accepts.\n"
             "# Edit with `edge-lfr keys trust add|revoke|list`.\n" + yaml.safe_dump(doc, sort_keys=False))
@@ -500,3 +487,10 @@ def save_trust(store: TrustStore, path: str | os.PathLike) -> None:
 
 def _now() -> int:
     return int(time.time())
+
+
+def device_key_from_config(config, unit_id: str | None = None) -> "DeviceKey":
+    """This unit's device key, as its configuration names it (``unit.device_key``, with the
+    passphrase in ``unit.device_key_passphrase_file`` when the key is encrypted)."""
+    u = config.unit
+    return load_device_key(u.device_key, unit_id or u.id or "unit", read_passphrase(u.device_key_passphrase_file))

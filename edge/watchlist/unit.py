@@ -1,6 +1,6 @@
 """The unit side: verify a bundle, load it atomically, expire it, wipe it.
 
-    unit = UnitWatchlist(config, model_sha256=recognizer.embedder.model.spec["sha256"])
+    unit = UnitWatchlist(config, model_sha256=recognizer.embedder_sha256)
     unit.restore()                  # at start: reload the persisted list (re-verified) or nothing
     unit.load("op-123.edgewl")      # verify + persist + swap in; on any failure the old list stays
     live = unit.current()           # per frame: the LoadedList, or None (no list / expired)
@@ -41,19 +41,26 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from edge.atomicfile import atomic_write, remove_durably
-from edge.watchlist.bundle import Bundle, Limits, Manifest, open_bundle, read_file_limited
-from edge.watchlist.errors import (BundleError, BundleExpiredError, BundleModelMismatchError, BundleNotForThisUnitError,
-                            BundleNotYetValidError, BundleRollbackError, BundleUntrustedIssuerError)
 from edge.errors import ConfigError, EdgeError
-from edge.watchlist.keys import DeviceKey, TrustStore, check_unit_id, load_device_key, load_trust, read_passphrase
+from edge.matching.factory import build_matcher
 from edge.matching.match import Matcher
 from edge.matching.normalise import load_score_model
-from edge.matching.calibration import build_matcher
 from edge.utc import format_utc, parse_canonical
+from edge.watchlist.bundle import Bundle, Limits, Manifest, open_bundle, read_file_limited
+from edge.watchlist.errors import (
+    BundleError,
+    BundleExpiredError,
+    BundleModelMismatchError,
+    BundleNotForThisUnitError,
+    BundleNotYetValidError,
+    BundleRollbackError,
+    BundleUntrustedIssuerError,
+)
+from edge.watchlist.keys import DeviceKey, TrustStore, check_unit_id, device_key_from_config, load_trust
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnitWatchlist", "LoadedList", "Verified", "UnitStateError", "embedder_sha256"]
+__all__ = ["UnitWatchlist", "LoadedList", "Verified", "UnitStateError"]
 
 STATE_FILE = "state.json"
 BUNDLE_FILE = "current.edgewl"
@@ -64,15 +71,6 @@ class UnitStateError(EdgeError):
     protection depends on it) until an operator repairs it."""
 
     exit_code = 74  # EX_IOERR
-
-
-def embedder_sha256(config) -> str:
-    """The sha256 a bundle must name: the embedder's manifest entry (the CPU int8 .tflite that
-    any Edge TPU build is compiled from), after checking the file on disk against it."""
-    from edge.recognition.api import EMBEDDER_MODEL
-    from edge.recognition.runtime import open_model
-    model = open_model(EMBEDDER_MODEL, config.runtime.models_dir or None, threads=1, prefer_edgetpu=False)
-    return model.spec.get("sha256", model.sha256)
 
 
 def _boot_id() -> str:
@@ -123,7 +121,7 @@ class UnitWatchlist:
     every verification so that a revocation takes effect at once.
     """
 
-    def __init__(self, config, *, model_sha256: str, embedding_dim: int = 128,
+    def __init__(self, config, *, model_sha256: str | None, embedding_dim: int = 128,
                  device_key: DeviceKey | None = None, trust: TrustStore | None = None,
                  state_dir: str | os.PathLike | None = None, now: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, boot_id: Callable[[], str] = _boot_id,
@@ -177,8 +175,7 @@ class UnitWatchlist:
     @property
     def device_key(self) -> DeviceKey:
         if self._device is None:
-            u = self.config.unit
-            self._device = load_device_key(u.device_key, self.unit_id, read_passphrase(u.device_key_passphrase_file))
+            self._device = device_key_from_config(self.config, self.unit_id)
         return self._device
 
     def trust(self) -> TrustStore:
@@ -279,6 +276,9 @@ class UnitWatchlist:
             return f"serial {m.serial} > last accepted {last}"
 
         def model():
+            if self.model_sha256 is None:
+                raise BundleModelMismatchError("this handle was opened without the unit's embedder hash (to expire "
+                                               "and wipe only); it cannot check a bundle's model")
             if m.model_sha256 != self.model_sha256:
                 raise BundleModelMismatchError(
                     f"bundle was built with model {m.model_sha256[:16]}… but this unit runs {self.model_sha256[:16]}…; "
@@ -316,7 +316,7 @@ class UnitWatchlist:
     # ---- loading ----------------------------------------------------------------------------
 
     def _matcher(self, bundle: Bundle) -> Matcher:
-        """The matcher ``config.match`` asks for (edge.matching.calibration.build_matcher): by default
+        """The matcher ``config.match`` asks for (edge.matching.factory.build_matcher): by default
         the cohort-normalised calibrated score with the threshold for ``match.target_fpir`` at this
         list's size; the shipped score model is loaded (sha256-checked) once, on first use."""
         if self.config.match.score_normalisation and self._score_model is None:
@@ -430,9 +430,6 @@ class UnitWatchlist:
             self._expire(live)
             return None
         return live
-
-    def is_active(self) -> bool:
-        return self.current() is not None
 
     def _expire(self, live: LoadedList) -> None:
         with self._locked():

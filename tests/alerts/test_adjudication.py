@@ -16,10 +16,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from edge.alerts import message as A
+from edge.alerts import schema as message_schema
 from edge.alerts.adjudication import AdjudicationRecords
 from edge.alerts.publisher import AlertPublisher
+from edge.alerts.expiry import purge_match_records
 from edge.alerts.outbox import Outbox
-from edge.types import Match
+from edge.utc import format_utc_ms
 from tests.support.brokers import (HANDHELD, OBSERVER, OTHER_UNIT, UNIT, Collector, broker, cert_dir,  # noqa: F401
                          make_alert, unit_config)
 from tests.support.brokers import connect, mqtt_client, publish_wait, wait_for
@@ -39,7 +41,7 @@ def _alert(category: str = "wanted", n: int = 0, **kw) -> dict:
     a = make_alert(n=n, **kw)
     if category != "wanted":   # make_alert builds a wanted subject; the category is data only
         a = dict(a, category=category)
-        A.validate_alert(a)
+        message_schema.validate_alert(a)
     return a
 
 
@@ -73,7 +75,7 @@ def _enqueue(ob: Outbox, alert: dict) -> None:
 
 def test_v2_adjudication_accepts_the_three_outcomes_and_refuses_the_rest():
     jsonschema = pytest.importorskip("jsonschema")
-    validator = jsonschema.Draft202012Validator(A.ADJUDICATION_SCHEMA_V2, format_checker=jsonschema.FormatChecker())
+    validator = jsonschema.Draft202012Validator(message_schema.ADJUDICATION_SCHEMA_V2, format_checker=jsonschema.FormatChecker())
     eid = str(uuid.uuid4())
     for outcome in ("confirmed", "rejected", "not_located"):
         d = adj_v2(eid, outcome)
@@ -88,10 +90,10 @@ def test_v2_adjudication_accepts_the_three_outcomes_and_refuses_the_rest():
                         ({"officer_id": None}, "expected string"),
                         ({"schema_version": 3}, "must be 1"),        # unknown versions: checked as version 1
                         ({"handheld_id": "hh-01"}, "not in the schema")]:
-        with pytest.raises(A.AdjudicationError, match=reason):
+        with pytest.raises(message_schema.AdjudicationError, match=reason):
             A.parse_adjudication(json.dumps({**good, **bad}).encode(), 4096)
     # version 1 keeps its two decisions: not_located needs version 2
-    with pytest.raises(A.AdjudicationError, match="must be one of"):
+    with pytest.raises(message_schema.AdjudicationError, match="must be one of"):
         A.parse_adjudication(json.dumps({"schema_version": 1, "event_id": eid, "decision": "not_located",
                                          "handheld_id": "hh-01", "decided_at": good["decided_at"]}).encode(), 4096)
 
@@ -102,7 +104,7 @@ def test_ack_schema_is_closed():
            "recorded_at": "2025-05-01T10:00:00.250Z", "duplicate": False}
     assert A.validate_ack(ack) is ack
     for bad in ({"duplicate": 0}, {"extra": 1}, {"outcome": "confirmed!"}, {"recorded_at": "now"}):
-        with pytest.raises(A.AlertError):
+        with pytest.raises(message_schema.AlertError):
             A.validate_ack({**ack, **bad})
 
 
@@ -116,7 +118,7 @@ def test_first_adjudication_wins_and_a_repeat_returns_the_recorded_one(store):
     ack = rec.record(adj_v2(a["event_id"], "not_located"))
     assert ack == {"schema_version": 1, "unit_id": UNIT, "event_id": a["event_id"], "outcome": "not_located",
                    "officer_id": "off-01", "decided_at": "2025-05-01T10:00:00.000Z",
-                   "recorded_at": A.utc_iso(T0 + 5), "duplicate": False}
+                   "recorded_at": format_utc_ms(T0 + 5), "duplicate": False}
     clock.t = T0 + 9
     again = rec.record(adj_v2(a["event_id"], "not_located"))           # the page sending it again
     other = rec.record(adj_v1(a["event_id"], "confirmed"))            # a second device, another outcome
@@ -135,27 +137,30 @@ def test_first_adjudication_wins_and_a_repeat_returns_the_recorded_one(store):
 
 def test_unknown_event_is_refused_and_nothing_is_recorded(store):
     ob, rec, _ = store
-    with pytest.raises(A.AdjudicationError, match="unknown event id"):
+    with pytest.raises(message_schema.AdjudicationError, match="unknown event id"):
         rec.record(adj_v2(str(uuid.uuid4())))
     assert rec.all() == []
 
 
-def test_records_survive_a_restart_and_the_purge_of_their_alert(tmp_path):
+def test_records_survive_a_restart_and_live_exactly_as_long_as_their_alert(tmp_path):
     clock = Clock()
     path = tmp_path / "outbox.sqlite"
-    a = _alert()
-    with Outbox(path, clock=clock, retention_days=1) as ob, AdjudicationRecords(ob, clock=clock) as rec:
-        _enqueue(ob, a)
-        ob.mark_delivered([1], at=T0)
-        rec.record(adj_v2(a["event_id"], "rejected"))
-        assert ob.purge(now=T0 + 2 * 86400) == 1                       # the alert (and its images) is gone
+    kept, rejected = _alert(n=1), _alert(n=2)
+    with Outbox(path, clock=clock) as ob, AdjudicationRecords(ob, clock=clock) as rec:
+        _enqueue(ob, kept)
+        _enqueue(ob, rejected)
+        ob.mark_delivered([1, 2], at=T0)
+        rec.record(adj_v2(kept["event_id"], "confirmed"))
+        rec.record(adj_v2(rejected["event_id"], "rejected"))
     with Outbox(path, clock=clock) as ob, AdjudicationRecords(ob, clock=clock) as rec:
         assert ob.integrity_check() == ["ok"]
-        assert not ob.knows(a["event_id"])
-        assert rec.get(a["event_id"])["outcome"] == "rejected"
-        assert rec.record(adj_v2(a["event_id"], "confirmed"))["duplicate"] is True
-        assert rec.counts(T0 - 60, T0 + 60)["rejected"] == 1
-
+        assert rec.record(adj_v2(rejected["event_id"], "confirmed"))["duplicate"] is True   # first decision wins
+        day = 86400.0
+        purge_match_records(path, T0 + 2 * day, 30 * day, day)            # "not a match": gone after a day
+        assert not ob.knows(rejected["event_id"]) and rec.get(rejected["event_id"]) is None
+        assert ob.knows(kept["event_id"]) and rec.get(kept["event_id"])["outcome"] == "confirmed"
+        purge_match_records(path, T0 + 31 * day, 30 * day, day)           # the rest after 30 days, together
+        assert not ob.knows(kept["event_id"]) and rec.get(kept["event_id"]) is None
 
 def test_counts_by_outcome_and_category_for_a_window(store):
     ob, rec, clock = store
@@ -177,7 +182,7 @@ def test_counts_by_outcome_and_category_for_a_window(store):
     assert c["by_category"] == {"wanted": {"confirmed": 1, "rejected": 1, "not_located": 0},
                                 "missing": {"confirmed": 0, "rejected": 1, "not_located": 0},
                                 "vulnerable": {"confirmed": 0, "rejected": 0, "not_located": 1}}
-    assert c["start"] == A.utc_iso(T0) and c["by"] == "alert"
+    assert c["start"] == format_utc_ms(T0) and c["by"] == "alert"
     # aware datetimes work too, and the window is half-open
     d0 = datetime.fromtimestamp(T0, timezone.utc)
     assert rec.counts(d0, d0 + timedelta(seconds=3601))["confirmed"] == 2
@@ -242,7 +247,7 @@ def test_publisher_acknowledges_on_the_ack_topic(cert_dir, broker, tmp_path, cap
             assert publish_wait(hh, topic, A.encode(adj_v2(b["event_id"], "confirmed", "off-02"))) in (0, 0x10)
             assert wait_for(lambda: len(hh.got) == 3, 10), hh.got
         acks = [json.loads(p) for _, p in hh.got]
-        validator = jsonschema.Draft202012Validator(A.ADJUDICATION_ACK_SCHEMA, format_checker=jsonschema.FormatChecker())
+        validator = jsonschema.Draft202012Validator(message_schema.ADJUDICATION_ACK_SCHEMA, format_checker=jsonschema.FormatChecker())
         for k in acks:
             validator.validate(k)
         assert [(k["event_id"], k["outcome"], k["officer_id"], k["duplicate"]) for k in acks] == [

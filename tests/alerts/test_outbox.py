@@ -8,7 +8,10 @@ import uuid
 import pytest
 
 from edge.config import validate
-from edge.alerts.outbox import DAY, Outbox, OutboxCorrupt, OutboxError, OutboxFull
+from edge.alerts.expiry import purge_match_records
+from edge.alerts.outbox import Outbox, OutboxCorrupt, OutboxError, OutboxFull
+
+DAY = 86400.0
 
 
 class Clock:
@@ -72,22 +75,27 @@ def test_full_outbox_refuses_the_new_alert_and_keeps_the_oldest(tmp_path):
         assert ob.pending_count() == 10
 
 
-def test_retention_purges_only_old_delivered_rows_and_never_reuses_a_seq(tmp_path):
+def test_one_expiry_rule_by_age_delivered_or_not_and_seqs_are_never_reused(tmp_path):
+    """Every alert goes retention_days after it was made, delivered or not (the outbox used to
+    keep undelivered rows for ever and to date delivered ones from their delivery)."""
     clock = Clock()
-    with Outbox(tmp_path / "o.sqlite", retention_days=30, clock=clock) as ob:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, clock=clock) as ob:
         old, kept, pending = _eid(), _eid(), _eid()
         s_old = ob.enqueue(old, b"face crop")
-        ob.mark_delivered([s_old])
         clock.t += 10 * DAY
+        ob.mark_delivered([s_old])                # delivered 10 days after it was made
         s_kept = ob.enqueue(kept, b"k")
         ob.mark_delivered([s_kept])
         ob.enqueue(pending, b"p")
-        clock.t += 25 * DAY                       # old: delivered 35 days ago, kept: 25 days ago
-        assert ob.purge() == 1
+        clock.t += 25 * DAY                       # old: made 35 days ago, delivered 25; kept, pending: made 25 days ago
+        got = purge_match_records(path, clock.t, 30 * DAY, 24 * 3600.0)
+        assert got["alerts_expired"] == 1 and got["alerts_expired_undelivered"] == 0
         assert not ob.knows(old) and ob.knows(kept) and ob.knows(pending)
-        clock.t += 365 * DAY                      # undelivered rows are never purged
-        assert ob.purge() == 1 and ob.knows(pending) and ob.pending_count() == 1
-        assert ob.stats()["oldest_pending_s"] == pytest.approx(390 * DAY)
+        clock.t += 6 * DAY                        # undelivered for 31 days: gone as well
+        got = purge_match_records(path, clock.t, 30 * DAY, 24 * 3600.0)
+        assert got["alerts_expired"] == 1 and got["alerts_expired_undelivered"] == 1
+        assert not ob.knows(pending) and ob.pending_count() == 0
         s_new = ob.enqueue(_eid(), b"n")
         assert s_new > s_kept                     # AUTOINCREMENT: order survives purges
     raw = (tmp_path / "o.sqlite").read_bytes() + (tmp_path / "o.sqlite-wal").read_bytes() \
@@ -100,7 +108,7 @@ def test_from_config_uses_the_state_dir_and_outbox_settings(tmp_path):
                     "outbox": {"max_pending": 10, "retention_days": 7}})
     with Outbox.from_config(cfg) as ob:
         assert ob.path == tmp_path / "st" / "outbox.sqlite"
-        assert ob.max_pending == 10 and ob.retention_s == 7 * DAY
+        assert ob.max_pending == 10
     assert stat.S_IMODE((tmp_path / "st").stat().st_mode) == 0o700
 
 

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import sqlite3
-import ssl
 import subprocess
 import sys
 import threading
@@ -19,12 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.alerts.message import ALERT_SCHEMA, HEALTH_SCHEMA, check
-from edge.alerts.localbroker import LOOPBACK, Mosquitto, make_certs
+from edge.alerts.schema import ALERT_SCHEMA, HEALTH_SCHEMA, check
+from edge.alerts.localbroker import Mosquitto, make_certs
 from edge.alerts.publisher import AlertPublisher
 from edge.alerts.outbox import Outbox
 from tests.support.brokers import (HANDHELD, OBSERVER, OTHER_UNIT, UNIT, Collector, broker, cert_dir,  # noqa: F401

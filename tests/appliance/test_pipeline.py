@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 
 from edge.alerts import message as alerts
+from edge.alerts import schema as message_schema
 from edge.appliance.capture import FrameSource
 from edge.tools.composer import Actor, ComposedSource, Scene, cast
 from edge.config import validate
 from edge.alerts.outbox import Outbox
-from edge.appliance.pipeline import Frame, OutboxSink, Pipeline, WorkBoard, build_recognizers, embed_job
+from edge.appliance.builder import build_recognizers
+from edge.appliance.pipeline import OutboxSink, Pipeline
+from edge.appliance.board import Frame, WorkBoard, embed_job
 from edge.tools.rig import ThrowawayUnit
 from edge.appliance.track import EmbedRequest
 from edge.types import Detection
@@ -110,7 +113,7 @@ def test_alerts_in_the_outbox_are_valid_and_only_about_matches(e2e):
     assert len(rows) == len(pl.events)
     subjects = {s.id for s in live.manifest.subjects}
     for row in rows:
-        a = alerts.validate_alert(json.loads(row.payload))
+        a = message_schema.validate_alert(json.loads(row.payload))
         assert a["unit_id"] == "van-e2e"
         assert a["bundle_id"] == live.manifest.bundle_id and a["bundle_serial"] == live.manifest.serial
         assert a["subject_id"] in subjects and a["score"] >= a["threshold"]
@@ -153,7 +156,7 @@ def test_without_a_watchlist_it_runs_and_never_matches(recs, people, faces_dir):
     pl = Pipeline(cfg, ComposedSource(scene, pace="fast", max_frames=40), recognizers=recs)
     rep = pl.run()
     assert rep["frames_processed"] == 40 and rep["alerts"] == 0
-    assert pl.counts["unmatched_no_list"] > 0
+    assert pl.tally["unmatched_no_list"] > 0
     assert "none loaded" in pl.status_line()
 
 
@@ -293,7 +296,7 @@ def test_run_service_speaks_sd_notify_and_stops_cleanly(recs, people, faces_dir,
                              pipeline={"status_interval_seconds": 1.0})
         notifier = Notifier(sock_path, watchdog_usec=400_000)
         stop = threading.Event()
-        monkeypatch.setattr("edge.appliance.pipeline.build_recognizers", lambda *a: recs)
+        monkeypatch.setattr("edge.appliance.service.build_recognizers", lambda *a: recs)
         msgs = []
         result = {}
         th = threading.Thread(target=lambda: result.update(code=run_service(cfg, notifier=notifier, stop_event=stop,
@@ -349,3 +352,42 @@ def test_demo_runs_end_to_end(tmp_path, faces_dir):
     assert f"{n} received over MQTT" in text and n >= 2
     assert len(list((tmp_path / "demo" / "alerts").glob("*-probe.jpg"))) == n
     assert (tmp_path / "demo" / "demo-scene.avi").stat().st_size > 100_000
+
+
+class _NoFrames:
+    live = False
+
+    def frames(self):
+        return iter(())
+
+    def close(self):
+        pass
+
+
+def test_a_matched_alert_waits_for_a_slow_alerter_instead_of_being_dropped(monkeypatch):
+    """The hand-off used to give up after 5 s with the queue full and drop the alert (counted, logged,
+    but lost). Now it waits for room, however long the sink takes."""
+    from edge.appliance import pipeline as pipeline_module
+    monkeypatch.setattr(pipeline_module, "ALERT_QUEUE_SIZE", 1)
+    pl = Pipeline(validate({}), _NoFrames(), recognizers=[object()])
+    pl._alerts.put("an alert the slow alerter has not taken yet")     # the queue is full
+    threading.Timer(6.0, pl._alerts.get).start()                      # the alerter frees it after 6 s
+    job = object()
+    t0 = time.monotonic()
+    pl.hand_off(job)
+    assert time.monotonic() - t0 >= 5.5
+    assert pl._alerts.get_nowait() is job
+    assert pl.tally["alert_hand_off_waits"] == 1 and "alerts_lost_failed_run" not in pl.tally
+
+
+def test_counts_are_the_public_figures_the_audit_log_records(recs, people, faces_dir):
+    """Pipeline.counts() replaces the audit's getattr reads of tracker and pipeline internals
+    (a rename used to record 0 silently): every figure is present and counts what happened."""
+    scene = _scene(people[:3], faces_dir)
+    pl = Pipeline(validate({}), ComposedSource(scene, pace="fast"), recognizers=recs)
+    rep = pl.run()
+    c = pl.counts()
+    assert set(c) == {"frames", "faces", "embeddings", "gated", "alerts", "dropped_frames"}
+    assert c["frames"] == rep["frames_processed"] > 0
+    assert c["faces"] == rep["tracks"] >= 3 and c["embeddings"] >= c["faces"]
+    assert c["alerts"] == 0 and c["dropped_frames"] == 0              # no list: nothing can alert

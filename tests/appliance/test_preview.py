@@ -102,7 +102,7 @@ def _unit_matcher(enrol: np.ndarray):
     calibrated cohort-normalised score, threshold for target FPIR 0.001 at this list's size)."""
     from edge.config import validate
     from edge.matching.match import Watchlist
-    from edge.matching.calibration import build_matcher
+    from edge.matching.factory import build_matcher
     return build_matcher(Watchlist(enrol, [f"P{i:03d}" for i in range(len(enrol))], ["wanted"] * len(enrol)),
                          validate({}))
 
@@ -237,16 +237,16 @@ def test_preview_boxes_marks_only_alerted_tracks():
     dets = [Detection((10, 10, 60, 70), 0.9, np.zeros((6, 2), np.float32)),
             Detection((200, 10, 250, 70), 0.9, np.zeros((6, 2), np.float32))]
     tr.update(0.0, dets)
-    boxes = preview_boxes(dets, tr)
+    boxes = preview_boxes(dets, tr.snapshot())
     assert not any(b.matched for b in boxes) and {b.box for b in boxes} == {d.box for d in dets}
     track = next(t for t in tr.tracks.values() if t.box[0] == 200)
     track.alerted.add("S1")
     track.crop = np.zeros((150, 150, 3), np.uint8)
-    boxes = preview_boxes(dets, tr)
+    boxes = preview_boxes(dets, tr.snapshot())
     m = [b for b in boxes if b.matched]
     assert len(m) == 1 and m[0].box == (200, 10, 250, 70) and m[0].label == "S1" and m[0].crop is track.crop
     # a tracked face the detector missed in this frame is still covered
-    assert (10, 10, 60, 70) in {b.box for b in preview_boxes(dets[1:], tr) if not b.matched}
+    assert (10, 10, 60, 70) in {b.box for b in preview_boxes(dets[1:], tr.snapshot()) if not b.matched}
     assert [b.matched for b in preview_boxes(dets)] == [False, False]     # no tracker: nothing is a match
 
 

@@ -9,9 +9,12 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from edge.alerts import message as A
-from edge.cli.alerts import add_bench_arguments, add_commands, run_alert_bench
+from edge.alerts import schema as message_schema
+from edge.cli.alerts import add_bench_arguments, add_commands
+from edge.tools.bench_alerts import run_alert_bench
 from edge.alerts.localbroker import LOOPBACK
-from edge.alerts.publisher import AlertPublisher, tls_context
+from edge.alerts.publisher import AlertPublisher
+from edge.alerts.connection import tls_context
 from tests.support.brokers import UNIT, Collector, broker, cert_dir, make_alert, require_tools, unit_config  # noqa: F401
 
 
@@ -78,7 +81,7 @@ def test_alerts_gives_up_after_the_timeout_and_prints_the_schema(cert_dir, broke
     assert "only 0 of 1" in capsys.readouterr().err
     args = _parser().parse_args(["alerts", "--schema"])
     assert args.func(args) == 0
-    assert json.loads(capsys.readouterr().out) == A.ALERT_SCHEMA
+    assert json.loads(capsys.readouterr().out) == message_schema.ALERT_SCHEMA
 
 
 def test_bench_alerts_reports_match_to_puback(tmp_path, capsys):
@@ -96,7 +99,7 @@ def test_bench_alerts_reports_match_to_puback(tmp_path, capsys):
 def test_an_alert_line_says_what_the_score_means():
     from tests.support.brokers import CALIBRATED, make_alert
 
-    from edge.cli.alerts import format_alert, one_in
+    from edge.alerts.display import format_alert, one_in
     line = format_alert(make_alert())
     assert "~1 in 3,800 passers-by (alerts set for 1 in 1,000, 826 listed)" in line
     assert "score 0.910 (threshold 0.800, margin 0.120)" in line

@@ -47,10 +47,12 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 from edge.alerts.adjudication import AdjudicationRecords  # noqa: E402
-from edge.alerts.message import ADJUDICATION_SCHEMA_V2, AlertContext, AlertError, build_alert, check, encode  # noqa: E402
+from edge.alerts.message import AlertContext, build_alert, encode
+from edge.alerts.schema import ADJUDICATION_SCHEMA_V2, AlertError, check
 from edge.config import validate  # noqa: E402
 from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, deploy_dir, free_port, make_certs, need  # noqa: E402
-from edge.alerts.publisher import AlertPublisher, Subscriber  # noqa: E402
+from edge.alerts.publisher import AlertPublisher
+from edge.alerts.subscriber import Subscriber
 from edge.alerts.outbox import Outbox  # noqa: E402
 from edge.types import Match  # noqa: E402
 from tests.support.brokers import HANDHELD, OBSERVER, SHA, UNIT, Collector  # noqa: E402

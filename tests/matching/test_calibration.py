@@ -11,7 +11,8 @@ from edge.config import validate
 from edge.errors import InputError
 from edge.matching.match import Watchlist, fmr_for_fpir
 from edge.matching.normalise import fit_score_model
-from edge.matching.calibration import (SCORE_DECADES, ScoreCalibration, ThresholdPolicy, build_matcher,
+from edge.matching.factory import build_matcher
+from edge.matching.calibration import (SCORE_DECADES, ScoreCalibration, ThresholdPolicy,
                                    fit_calibration)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.privacy.audit import (GENESIS, AuditError, AuditLog, CountsRecorder, config_sha256, entry_hash, read_entries,
-                        verify)
+from edge.privacy.audit import GENESIS, AuditError, AuditLog, config_sha256, entry_hash, read_entries, verify
+from edge.privacy.service_audit import CountsRecorder
 from edge.config import validate
 from edge.watchlist.keys import generate_device, save_device
 
@@ -580,17 +580,18 @@ def test_zz_tamper_tally():
 
 
 class FakePipeline:
+    """What the service audit reads of a pipeline: :meth:`edge.appliance.pipeline.Pipeline.counts`."""
+
     def __init__(self):
-        import collections
-        self.frames_processed = 0
-        self.gated = collections.Counter()
-        self.counts = collections.Counter()
-        self.tracker = type("T", (), {"counts": {"tracks": 0, "embeddings": 0}})()
-        self.board = type("B", (), {"dropped": 0})()
+        self.frames, self.faces, self.too_small = 0, 0, 0
+
+    def counts(self) -> dict:
+        return {"frames": self.frames, "faces": self.faces, "embeddings": 0, "gated": {"too_small": self.too_small},
+                "alerts": 0, "dropped_frames": 0}
 
 
 def test_service_audit_records_a_run(tmp_path):
-    from edge.privacy.audit import ServiceAudit
+    from edge.privacy.service_audit import ServiceAudit
     from edge.watchlist.keys import save_trust
     from edge.watchlist.unit import UnitWatchlist
     from tests.support.watchlists import MODEL, Clock as WClock, build, make_keys
@@ -613,9 +614,9 @@ def test_service_audit_records_a_run(tmp_path):
     for step in range(1, 8):
         mono.advance(10)
         wc.advance(10)
-        p.frames_processed += 150
-        p.tracker.counts["tracks"] += 3
-        p.gated["too_small"] += 1
+        p.frames += 150
+        p.faces += 3
+        p.too_small += 1
         sa.tick(p)
     ev = type("Ev", (), dict(event_id="00000000-0000-4000-8000-000000000001", subject_id="S00002",
                              category="vulnerable", score=0.97, threshold=0.95, margin=0.1, track_id=4,

@@ -232,7 +232,7 @@ def test_service_writes_nothing_about_faces_that_do_not_match(footage, recognize
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (bash run.sh test installs it: apt-get install strace)")
-    from edge.alerts.message import validate_alert
+    from edge.alerts.schema import validate_alert
     from edge.privacy.audit import read_entries, verify
     from edge.watchlist.keys import load_device_key
     from edge.tools.rig import ThrowawayUnit

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
 from edge.config import validate  # noqa: E402
-from edge.alerts.publisher import AlertPublisher  # noqa: E402
+from edge.alerts.publisher import AlertPublisher
 from tests.support.brokers import make_alert  # noqa: E402
 
 

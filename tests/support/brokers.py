@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from edge.alerts.message import AlertContext, build_alert
 from edge.config import validate
 from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, make_certs, need
-from edge.alerts.publisher import Subscriber
+from edge.alerts.subscriber import Subscriber
 from edge.types import Match
 
 UNIT = "van-01"

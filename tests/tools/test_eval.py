@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 
 from edge.tools.evaluation import command as ev
+from edge.tools.evaluation import lfw
+from edge.tools.evaluation import protocol
+from edge.tools.evaluation import dlib_reference
+from edge.tools.evaluation import embeddings
 from edge.cli.main import main
 from edge.errors import InputError
 from edge.progress import Progress, format_duration
@@ -26,20 +30,20 @@ LFW = SHARED_FACES / "lfw-dev"
 # ---------------------------------------------------------------------------------------------
 
 def test_best_threshold_separable():
-    t, acc = ev.best_threshold([0.1, 0.2, 0.3, 0.6, 0.7, 0.9], [0, 0, 0, 1, 1, 1])
+    t, acc = protocol.best_threshold([0.1, 0.2, 0.3, 0.6, 0.7, 0.9], [0, 0, 0, 1, 1, 1])
     assert acc == 1.0
     assert t == pytest.approx(0.45)
 
 
 def test_best_threshold_overlap_and_extremes():
     # 0.1F 0.4T 0.5F 0.8T: the best cuts (0.25 or 0.65) get 3 of 4 right
-    t, acc = ev.best_threshold([0.1, 0.5, 0.4, 0.8], [0, 0, 1, 1])
+    t, acc = protocol.best_threshold([0.1, 0.5, 0.4, 0.8], [0, 0, 1, 1])
     assert acc == 0.75 and t in (pytest.approx(0.25), pytest.approx(0.65))
     # all "same": accepting everything (threshold = lowest score) is right
-    t, acc = ev.best_threshold([0.3, -1.0, 0.9], [1, 1, 1])
+    t, acc = protocol.best_threshold([0.3, -1.0, 0.9], [1, 1, 1])
     assert acc == 1.0 and t == -1.0
     # all "different": rejecting everything, threshold just above the highest
-    t, acc = ev.best_threshold([0.3, 0.9], [0, 0])
+    t, acc = protocol.best_threshold([0.3, 0.9], [0, 0])
     assert acc == 1.0 and 0.9 < t < 0.9 + 1e-9
 
 
@@ -48,7 +52,7 @@ def test_cross_validate_uses_the_other_folds():
     scores = [0.8, 0.9, 0.1, 0.7, 0.6, 0.7, 0.3, 0.4]
     same = [1, 1, 0, 0, 1, 1, 0, 0]
     folds = [0, 0, 0, 0, 1, 1, 1, 1]
-    cv = ev.cross_validate(scores, same, folds)
+    cv = protocol.cross_validate(scores, same, folds)
     assert cv["folds"] == 2
     f1, f2 = cv["per_fold"]
     assert f1["threshold"] == pytest.approx(0.5) and f1["accuracy"] == 0.75   # 0.7 "different" called same
@@ -57,31 +61,31 @@ def test_cross_validate_uses_the_other_folds():
     assert cv["accuracy_std"] == pytest.approx(math.sqrt(2 * 0.125 ** 2))
     assert cv["threshold"] == pytest.approx(0.625)
     with pytest.raises(InputError):
-        ev.cross_validate([0.1, 0.9], [0, 1], [0, 0])
+        protocol.cross_validate([0.1, 0.9], [0, 1], [0, 0])
 
 
 def test_threshold_at_fpir_known_answers():
     nm = np.arange(1000) / 1000.0                      # 0.000 .. 0.999
-    t, fa = ev.threshold_at_fpir(nm, 0.01)
+    t, fa = protocol.threshold_at_fpir(nm, 0.01)
     assert fa == 10 and 0.989 < t <= 0.990             # 0.990 .. 0.999 alarm
-    t, fa = ev.threshold_at_fpir(nm, 0.001)
+    t, fa = protocol.threshold_at_fpir(nm, 0.001)
     assert fa == 1 and 0.998 < t <= 0.999
     # ties: three probes at 0.9 cannot be split; allowing 2 alarms means none of them alarm
-    t, fa = ev.threshold_at_fpir([0.9, 0.9, 0.9, 0.1] + [0.0] * 96, 0.02)
+    t, fa = protocol.threshold_at_fpir([0.9, 0.9, 0.9, 0.1] + [0.0] * 96, 0.02)
     assert fa == 0 and t > 0.9
     # non-mated probes without a face (-inf) never alarm; the floor is -1
-    t, fa = ev.threshold_at_fpir([0.5, -np.inf, -np.inf, -np.inf], 0.5)
+    t, fa = protocol.threshold_at_fpir([0.5, -np.inf, -np.inf, -np.inf], 0.5)
     assert t == -1.0 and fa == 1
     # FPIR below 1/n: the threshold goes above the highest non-mated score
-    t, fa = ev.threshold_at_fpir([0.2, 0.4, 0.3], 0.001)
+    t, fa = protocol.threshold_at_fpir([0.2, 0.4, 0.3], 0.001)
     assert fa == 0 and 0.4 < t < 0.4 + 1e-9
 
 
 def test_fnir_counts_wrong_and_below_threshold_and_no_face():
     top = [0.9, 0.8, 0.95, -np.inf]
     correct = [True, True, False, False]               # 3rd: wrong identity; 4th: no face
-    assert ev.fnir_at(top, correct, 0.85) == 0.75      # only 0.9 is a hit
-    assert ev.fnir_at(top, correct, 0.5) == 0.5
+    assert protocol.fnir_at(top, correct, 0.85) == 0.75      # only 0.9 is a hit
+    assert protocol.fnir_at(top, correct, 0.5) == 0.5
 
 
 def test_det_curve_is_monotone_and_ends_at_rank1():
@@ -89,7 +93,7 @@ def test_det_curve_is_monotone_and_ends_at_rank1():
     mated = rng.uniform(0.5, 1.0, 400)
     correct = rng.uniform(size=400) > 0.1
     nonmated = np.concatenate([rng.uniform(0.0, 0.8, 2000), [-np.inf] * 10])
-    det = ev.det_curve(mated, correct, nonmated, max_points=100)
+    det = protocol.det_curve(mated, correct, nonmated, max_points=100)
     fpir, fnir = np.array(det["fpir"]), np.array(det["fnir"])
     assert 10 < len(fpir) <= 102
     assert fpir[0] == 0 and np.all(np.diff(fpir) >= 0) and np.all(np.diff(fnir) <= 0)
@@ -98,13 +102,13 @@ def test_det_curve_is_monotone_and_ends_at_rank1():
     # every point agrees with the point functions at its threshold
     for t, x, y in list(zip(det["threshold"], fpir, fnir))[::7]:
         assert x == pytest.approx(np.mean(nonmated >= t))
-        assert y == pytest.approx(ev.fnir_at(mated, correct, t))
+        assert y == pytest.approx(protocol.fnir_at(mated, correct, t))
 
 
 def test_nearest_centre():
     boxes = [(0, 0, 20, 20), (40, 40, 60, 60), (80, 0, 100, 20)]
-    assert ev.nearest_centre(boxes, 100, 100) == 1
-    assert ev.nearest_centre(boxes[::2], 100, 40) in (0, 1)
+    assert embeddings.nearest_centre(boxes, 100, 100) == 1
+    assert embeddings.nearest_centre(boxes[::2], 100, 40) in (0, 1)
 
 
 def test_identification_enrolment_substitution_and_missing_faces(tmp_path):
@@ -118,8 +122,8 @@ def test_identification_enrolment_substitution_and_missing_faces(tmp_path):
                     e[2],                                              # C: non-mated, far away
                     np.full(d, np.nan, np.float32)])                   # D: non-mated, no face
     reasons = [None if np.isfinite(r).all() else "no_detection" for r in emb]
-    table = ev.EmbeddingTable(paths, emb, reasons, {"total": np.zeros(len(paths))})
-    r = ev.identification(table, ids, ["A", "B"], tmp_path, with_det=True)
+    table = embeddings.EmbeddingTable(paths, emb, reasons, {"total": np.zeros(len(paths))})
+    r = protocol.identification(table, ids, ["A", "B"], tmp_path, with_det=True)
     assert r["n_watchlist"] == 2 and r["n_mated"] == 3 and r["n_nonmated"] == 2
     assert r["enrolment_substituted"]["count"] == 1
     assert r["enrolment_substituted"]["examples"][0]["enrolled"] == "A_2"
@@ -133,11 +137,11 @@ def test_identification_enrolment_substitution_and_missing_faces(tmp_path):
 def test_sample_watchlist_is_seeded_and_skips_too_large():
     ids = {f"P{i:03d}": [Path(f"{i}_1"), Path(f"{i}_2")] for i in range(150)}
     ids["single"] = [Path("s_1")]
-    a = ev.sample_watchlist(ids, 100, 7)
-    assert a == ev.sample_watchlist(ids, 100, 7) and len(set(a)) == 100 and "single" not in a
-    assert a != ev.sample_watchlist(ids, 100, 8)
-    assert ev.sample_watchlist(ids, 500, 7) is None
-    assert len(ev.sample_watchlist(ids, "all", 7)) == 150
+    a = protocol.sample_watchlist(ids, 100, 7)
+    assert a == protocol.sample_watchlist(ids, 100, 7) and len(set(a)) == 100 and "single" not in a
+    assert a != protocol.sample_watchlist(ids, 100, 8)
+    assert protocol.sample_watchlist(ids, 500, 7) is None
+    assert len(protocol.sample_watchlist(ids, "all", 7)) == 150
 
 
 def test_progress_plain_lines_when_not_a_tty():
@@ -239,7 +243,7 @@ def small_lfw(tmp_path_factory):
 def eval_run(small_lfw):
     root, pairs = small_lfw
     out, plot = root.parent / "report.json", root.parent / "det.png"
-    ok, _ = ev.dlib_available()
+    ok, _ = dlib_reference.dlib_available()
     argv = ["eval", "lfw", "--images", str(root), "--pairs", str(pairs), "--out", str(out),
             "--plot", str(plot), "--seed", "3"] + (["--reference", "dlib"] if ok else [])
     code = main(argv)
@@ -272,11 +276,11 @@ def _check_pipeline(rep, stages):
 def test_eval_end_to_end(eval_run):
     report, plot, with_dlib = eval_run
     assert len(report["model_sha256"]) == 64
-    _check_pipeline(report, ev.OUR_STAGES)
+    _check_pipeline(report, embeddings.OUR_STAGES)
     assert "pairs" in report["without_quality_gate"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if with_dlib:
-        _check_pipeline(report["reference"], ev.DLIB_STAGES)
+        _check_pipeline(report["reference"], dlib_reference.DLIB_STAGES)
         c = report["comparison"]
         assert c["pairs_accuracy_points"] == pytest.approx(
             100 * (report["pairs"]["accuracy_mean"] - report["reference"]["pairs"]["accuracy_mean"]))
@@ -287,7 +291,7 @@ def test_eval_reuses_one_embedding_per_image(small_lfw, monkeypatch, tmp_path):
     """Each image goes through the detector once, however many pairs and probes use it."""
     root, pairs = small_lfw
     seen = []
-    real = ev.embed_ours
+    real = embeddings.embed_ours
 
     def spy(rec, paths, progress=None):
         seen.extend(paths)
@@ -317,65 +321,64 @@ def _toy_table(tmp_path, spec, d=6, seed=0, noise=0.05):
             rows.append(v / np.linalg.norm(v))
     paths = [p for ps in ids.values() for p in ps]
     emb = np.asarray(rows, np.float32)
-    return ev.EmbeddingTable(paths, emb, [None] * len(paths), {"total": np.zeros(len(paths))}), ids
+    return embeddings.EmbeddingTable(paths, emb, [None] * len(paths), {"total": np.zeros(len(paths))}), ids
 
 
 def test_identity_folds_follow_pairs_and_hash(tmp_path):
     ids = {n: [tmp_path / n / f"{n}_0001.jpg"] for n in ("Ann", "Bob", "Cy", "Dee", "Eve")}
-    pairs = ev.PairsFile(2, 1, [ev.Pair(ids["Ann"][0], ids["Bob"][0], False, 1, 2),
-                                ev.Pair(ids["Cy"][0], ids["Cy"][0], True, 0, 1)])
-    f = ev.identity_folds(ids, pairs)
+    pairs = lfw.PairsFile(2, 1, [lfw.Pair(ids["Ann"][0], ids["Bob"][0], False, 1, 2),
+                                lfw.Pair(ids["Cy"][0], ids["Cy"][0], True, 0, 1)])
+    f = protocol.identity_folds(ids, pairs)
     assert f["Ann"] == f["Bob"] == 1 and f["Cy"] == 0
-    assert f["Dee"] in (0, 1) and f == ev.identity_folds(ids, pairs)     # stable
+    assert f["Dee"] in (0, 1) and f == protocol.identity_folds(ids, pairs)     # stable
 
 
 def test_track_protocol_groups_and_leave_one_out(tmp_path):
     table, ids = _toy_table(tmp_path, {"A": 7, "B": 5, "C": 1, "D": 3})
-    r = ev.track_identification(table, ids, ["A", "B", "D"], 3)
+    r = protocol.track_identification(table, ids, ["A", "B", "D"], 3)
     # mated: A's 6 other images -> 2 groups, B's 4 -> 1, D's 2 -> 0
     assert r["n_watchlist"] == 3 and r["n_mated"] == 3
     # non-mated: A 7 -> 2, B 5 -> 1, D 3 -> 1 (leave-one-out), C (1 image) cannot form a track
     assert r["n_nonmated"] == 4 and r["n_nonmated_leave_one_out"] == 4 and r["n_nonmated_identities"] == 3
     assert r["rank1"] == 1.0                       # well separated identities
     assert r["fnir_at_fpir"]["0.01"] == 0.0        # own entry removed: no near-perfect non-mated score
-    r1 = ev.track_identification(table, ids, ["A", "B", "D"], 1)
+    r1 = protocol.track_identification(table, ids, ["A", "B", "D"], 1)
     assert r1["n_mated"] == 6 + 4 + 2 and r1["n_nonmated"] == 16     # every image is a non-mated probe
 
 
 def test_track_protocol_with_several_enrolment_photos(tmp_path):
     table, ids = _toy_table(tmp_path, {"A": 8, "B": 5, "C": 1, "D": 4}, noise=0.3)
-    r = ev.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2)
+    r = protocol.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2)
     # listed: at least 2 + 3 usable images (A, B); D (4) cannot give two photos and a track
     assert r["n_watchlist"] == 2 and r["enrol_images"] == 2 and r["templates"] == "fuse"
     # mated: A's 6 non-enrolment images -> 2 tracks, B's 3 -> 1; the enrolment photos are never probes
     assert r["n_mated"] == 3
     # non-mated: A 8 -> 2, B 5 -> 1 (leave-one-out), D 4 -> 1 (now unlisted)
     assert r["n_nonmated"] == 4 and r["n_nonmated_leave_one_out"] == 3
-    best = ev.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2, templates="max")
+    best = protocol.track_identification(table, ids, ["A", "B", "D"], 3, enrol_images=2, templates="max")
     assert best["templates"] == "max" and best["n_mated"] == 3
     # one photo: unchanged from before
-    assert ev.track_identification(table, ids, ["A", "B", "D"], 3)["n_watchlist"] == 3
+    assert protocol.track_identification(table, ids, ["A", "B", "D"], 3)["n_watchlist"] == 3
 
 
 def test_track_fusion_uses_quality_weights(tmp_path, monkeypatch):
     table, ids = _toy_table(tmp_path, {"A": 4, "B": 4})
     table.weights = np.linspace(0.2, 1.0, len(table.paths))
     seen = []
-    import edge.recognition.fusion as fusion
-    real = fusion.fuse_embeddings
+    real = protocol.fuse_embeddings
 
     def spy(e, w=None):
         seen.append(None if w is None else np.asarray(w).copy())
         return real(e, w)
 
-    monkeypatch.setattr(fusion, "fuse_embeddings", spy)
-    ev.track_identification(table, ids, ["A"], 3)
+    monkeypatch.setattr(protocol, "fuse_embeddings", spy)
+    protocol.track_identification(table, ids, ["A"], 3)
     assert seen and all(w is not None and len(w) == 3 for w in seen)
 
 
 def test_enrolment_study_fuse_and_max(tmp_path):
     table, ids = _toy_table(tmp_path, {"A": 6, "B": 4, "C": 2, "S1": 1, "S2": 1}, noise=0.3)
-    r = ev.enrolment_study(table, ids, ["A", "B", "C"])
+    r = protocol.enrolment_study(table, ids, ["A", "B", "C"])
     assert r["n_watchlist"] == 3 and r["n_nonmated"] == 2
     # probes from position min(3, n-1): A 3, B 1, C 1 - the same for every M
     assert r["n_mated"] == 5
@@ -391,11 +394,11 @@ def test_scorers_base_equals_cosine_and_improved_is_per_fold(tmp_path):
     p = unit(rng.normal(size=(5, 8)))
     p[2] = np.nan
     folds = np.array([0, 1, 0, 1, 1])
-    base = ev.EvalScorer.base().matrix(p, folds, g)
+    base = protocol.EvalScorer.base().matrix(p, folds, g)
     want = p.astype(np.float64) @ np.concatenate(g).T.astype(np.float64)
     assert np.allclose(base[[0, 1, 3, 4]], want[[0, 1, 3, 4]], atol=1e-6) and np.all(base[2] == -np.inf)
     models = {0: fit_score_model(unit(rng.normal(size=(50, 8)))), 1: fit_score_model(unit(rng.normal(size=(50, 8))))}
-    imp = ev.EvalScorer("improved", models).matrix(p, folds, g)
+    imp = protocol.EvalScorer("improved", models).matrix(p, folds, g)
     gg = np.concatenate(g)
     for i in (0, 1, 3, 4):
         m = models[folds[i]]
@@ -407,14 +410,14 @@ def test_embedding_table_cache_round_trip(tmp_path):
     table, ids = _toy_table(tmp_path, {"A": 3, "B": 2})
     table.reasons[1] = "blurred"
     table.embeddings[1] = np.nan
-    table.ungated = ev.EmbeddingTable(table.paths, table.embeddings.copy(), [None] * 5, table.seconds)
+    table.ungated = embeddings.EmbeddingTable(table.paths, table.embeddings.copy(), [None] * 5, table.seconds)
     f = tmp_path / "c.npz"
-    ev.save_table(f, table, {"model_sha256": "x", "config": "y"})
-    back = ev.load_table(f, table.paths, {"model_sha256": "x", "config": "y"})
+    embeddings.save_table(f, table, {"model_sha256": "x", "config": "y"})
+    back = embeddings.load_table(f, table.paths, {"model_sha256": "x", "config": "y"})
     assert back.reasons == table.reasons and np.array_equal(back.embeddings, table.embeddings, equal_nan=True)
     assert back.ungated is not None and back.weights.shape == (5,)
-    assert ev.load_table(f, table.paths, {"model_sha256": "other", "config": "y"}) is None
-    assert ev.load_table(f, table.paths[:4], {"model_sha256": "x", "config": "y"}) is None
+    assert embeddings.load_table(f, table.paths, {"model_sha256": "other", "config": "y"}) is None
+    assert embeddings.load_table(f, table.paths[:4], {"model_sha256": "x", "config": "y"}) is None
 
 
 def test_issue8_arguments():

@@ -109,9 +109,11 @@ def test_manifest_reader_only_raises_manifest_errors(tmp_path, text, name):
     p.write_text("subject_id,category,reason_code,image,source_ref\n" + text if name.endswith("csv") and
                  text[:1] == "S" else text, encoding="utf-8")
     try:
-        read_manifest(p)
-    except ManifestError:
-        pass
+        subjects = read_manifest(p)
+    except ManifestError as exc:
+        assert str(p) in str(exc)              # every refusal names the file (and the line when it has one)
+    else:                                      # accepted: every row is a complete subject
+        assert subjects and all(s.id and s.category and s.images for s in subjects), text
 
 
 # ---------------------------------------------------------------------------------- real faces
@@ -244,7 +246,7 @@ def test_build_then_inspect_verify_load_and_match(tmp_path, enrol_dir, recognize
     # what the unit loaded recognises a new photo of an enrolled person
     from edge.config import load_config
     from edge.watchlist.unit import UnitWatchlist
-    unit = UnitWatchlist(load_config(cfg), model_sha256=recognizer.embedder.model.spec["sha256"])
+    unit = UnitWatchlist(load_config(cfg), model_sha256=recognizer.embedder_sha256)
     live = unit.restore()
     probe = recognizer.embed_image(load_image(enrol_dir / LFW[1]))
     m = live.matcher.match(probe)

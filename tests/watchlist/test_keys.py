@@ -194,9 +194,14 @@ def test_trust_loader_only_raises_trust_file_errors(tmp_path, text):
     p = tmp_path / "fuzz.yaml"
     p.write_text(text, encoding="utf-8")
     try:
-        load_trust(p)
-    except TrustFileError:
-        pass
+        store = load_trust(p)
+    except TrustFileError as exc:
+        assert str(p) in str(exc)              # every refusal names the file
+    else:                                      # accepted: only an empty or well-formed trust document
+        import yaml
+        doc = yaml.safe_load(text) if text.strip() else None
+        assert doc is None or isinstance(doc, dict), text
+        assert all(k.key_id and k.public for k in store.keys), text
 
 
 # ---------------------------------------------------------------------------------- UTC

@@ -211,7 +211,7 @@ def _case_builders():
         import json as j
 
         from edge.watchlist.bundle import sign_manifest
-        from edge.watchlist.envelope import canonical_json
+        from edge.encoding import canonical_json
         sig = j.loads(sign_manifest(canonical_json(p.doc), k.other_issuer))
         sig["key_id"] = k.issuer.key_id
         return p.craft(sig=canonical_json(sig))
@@ -490,7 +490,7 @@ _cli = watchlist_cli
 @pytest.fixture(scope="module")
 def real_model_sha():
     from edge.config import load_config
-    from edge.watchlist.unit import embedder_sha256
+    from edge.recognition.api import embedder_sha256
     return embedder_sha256(load_config(None))
 
 
