@@ -54,6 +54,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "tile_overlap": Option(0.25, float, "fraction of a tile shared with its neighbour", 0.0, 0.5),
         "roi": Option([], list, "region of interest [x0, y0, x1, y1] as fractions of the frame; [] = whole frame"),
     },
+    "landmarks": {
+        "model": Option("face_landmark", str, "face-mesh model that places the alignment points (eye corners, nose "
+                        "base): MediaPipe's float model (default) or its full-integer rebuild face_landmark_int8 "
+                        "(the kind the Coral Edge TPU runs; measured against float in docs/coral.md)",
+                        choices=("face_landmark", "face_landmark_int8")),
+    },
     "quality": {
         "min_interocular_px": Option(14.0, float, "eye-centre distance below which a face is too small", 0.0, 1000.0),
         "min_sharpness": Option(6.0, float, "variance of the Laplacian of the grey chip below which a face is blurred", 0.0, 10000.0),

@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover
     from tflite_reader import PADDING_NAMES, Graph, activation_name, read_tflite  # type: ignore
 
 __all__ = ["SUPPORTED_OPS", "ConstantPad", "ResizeBilinear", "EdgeRepeat",
-           "build_keras_from_tflite", "upsample2x_bilinear"]
+           "build_keras_from_tflite", "prelu_depthwise", "upsample2x_bilinear"]
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "RELU6", "PRELU", "MAX_POOL_2D",
                  "AVERAGE_POOL_2D", "PAD", "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR")
@@ -156,6 +156,28 @@ def upsample2x_bilinear(x, name: str):
     return KL.Reshape((2 * h, 2 * w, c), name=name)(z)                      # [1, 2h, 2w, c]
 
 
+def _depthwise_1x1(x, weights: np.ndarray, name: str, relu: bool = False):
+    c = int(x.shape[-1])
+    layer = KL.DepthwiseConv2D(1, use_bias=False, activation="relu" if relu else None, name=name)
+    y = layer(x)
+    layer.set_weights([np.asarray(weights, np.float32).reshape(1, 1, c, 1)])
+    return y
+
+
+def prelu_depthwise(x, alpha: np.ndarray, name: str):
+    """``PReLU(x) = relu(x) - alpha * relu(-x)`` (per-channel ``alpha``, any sign) from three
+    1x1 ``DEPTHWISE_CONV_2D`` (weights 1 and -1 with a fused ReLU, then -alpha) and an ``ADD``:
+    operators that both the Edge TPU and LiteRT's XNNPACK delegate run in int8."""
+    c = int(x.shape[-1])
+    alpha = np.asarray(alpha, np.float32).reshape(-1)
+    if alpha.size == 1:
+        alpha = np.full(c, alpha[0], np.float32)
+    pos = _depthwise_1x1(x, np.ones(c), f"{name}_pos", relu=True)
+    neg = _depthwise_1x1(x, -np.ones(c), f"{name}_neg", relu=True)
+    neg = _depthwise_1x1(neg, -alpha, f"{name}_neg_alpha")
+    return KL.Add(name=name)([pos, neg])
+
+
 def _activation(x, code: int, name: str):
     act = activation_name(code)
     if act == "NONE":
@@ -213,8 +235,8 @@ def _split_chains(graph: Graph, split: Dict[int, Sequence[Tuple[int, int]]]) -> 
 
 def build_keras_from_tflite(source, output_names: Optional[List[str]] = None,
                             edgetpu_safe_resize: bool = True,
-                            split_outputs: Optional[Dict[int, Sequence[Tuple[int, int]]]] = None
-                            ) -> keras.Model:
+                            split_outputs: Optional[Dict[int, Sequence[Tuple[int, int]]]] = None,
+                            prelu_as_depthwise: bool = False) -> keras.Model:
     """Keras functional model equal (in float) to the ``.tflite`` graph at ``source``.
 
     ``source``: a path, the file's bytes or a :class:`tflite_reader.Graph`. Batch size is
@@ -226,6 +248,11 @@ def build_keras_from_tflite(source, output_names: Optional[List[str]] = None,
     final CONV_2D(s) are split by output channel and the RESHAPE / CONCATENATION after them
     are done per range. Same values in float; in int8 each range gets its own quantization
     scale (BlazeFace's box centre offsets span a few pixels, its sizes and keypoints a hundred).
+
+    ``prelu_as_depthwise`` writes each ``PRELU`` as :func:`prelu_depthwise` (same values in
+    float): LiteRT's XNNPACK delegate does not take int8 ``PRELU``, so a full-integer model
+    with many of them runs on the CPU's slow reference kernel, split into as many delegate
+    partitions (the int8 face mesh: 5x slower than float; docs/coral.md).
     """
     graph = source if isinstance(source, Graph) else read_tflite(source)
     split_outputs = {int(k): [tuple(g) for g in v] for k, v in (split_outputs or {}).items()}
@@ -289,9 +316,12 @@ def build_keras_from_tflite(source, output_names: Optional[List[str]] = None,
             y = KL.ReLU(max_value=6.0, name=name)(arg(0))
         elif op.name == "PRELU":
             alpha = graph.constant(op.inputs[1]).reshape(-1)
-            layer = KL.PReLU(shared_axes=[1, 2], name=name)
-            y = layer(arg(0))
-            layer.set_weights([alpha.reshape(1, 1, -1)])
+            if prelu_as_depthwise:
+                y = prelu_depthwise(arg(0), alpha, name)
+            else:
+                layer = KL.PReLU(shared_axes=[1, 2], name=name)
+                y = layer(arg(0))
+                layer.set_weights([alpha.reshape(1, 1, -1)])
         elif op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
             cls = KL.MaxPooling2D if op.name == "MAX_POOL_2D" else KL.AveragePooling2D
             y = cls((o["filter_height"], o["filter_width"]), (o["stride_h"], o["stride_w"]),

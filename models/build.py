@@ -4,7 +4,7 @@ Usage (from the repository root, after ``pip install -e '.[models]'``)::
 
     python models/build.py [--out models/] [--lfw ../shared/faces/lfw-dev]
                            [--calib-count 1000] [--parity-count 200]
-                           [--faces ../shared/faces] [--only {detector-int8,edgetpu}]
+                           [--faces ../shared/faces] [--only {detector-int8,landmarks-int8,edgetpu}]
 
 Steps:
 
@@ -32,10 +32,16 @@ f. full-integer detectors ``blazeface_full_range_int8.tflite`` and
    (``models/blazeface_int8.py``);
 g. when ``edgetpu_compiler`` is on PATH (an x86-64 build host; docs/coral.md), compile every
    int8 model and record the ``*_edgetpu.tflite`` as the entry's ``edgetpu`` sub-entry;
-   otherwise say so and drop ``edgetpu`` sub-entries whose source model changed.
+   otherwise say so and drop ``edgetpu`` sub-entries whose source model changed;
+h. full-integer face mesh ``face_landmark_int8.tflite`` (run after the alignment fit, before
+   g): the float face mesh rebuilt in Keras by the same walker, calibrated on 192x192 crops of
+   real faces made as ``edge.recognition.landmarks.LandmarkRefiner`` makes them, converted, checked against
+   the Edge TPU's operation list and measured against the float model on faces of other
+   identities (alignment points in frame pixels, embedding cosine of the resulting chips,
+   latency) (``models/face_mesh_int8.py``).
 
 ``--only detector-int8`` runs steps f and g alone (the float BlazeFace files and manifest
-entries must exist); ``--only edgetpu`` runs step g alone.
+entries must exist); ``--only landmarks-int8`` runs h and g; ``--only edgetpu`` runs step g alone.
 
 ``write_manifest_entry`` and ``sha256_file`` are importable without TensorFlow or dlib.
 Exit status is non-zero, with a message on stderr, if any check fails.
@@ -248,7 +254,11 @@ Modified files: blazeface_full_range_int8.tflite and blazeface_short_range_int8.
 above by this project (models/build.py, models/blazeface_int8.py): the networks were
 rebuilt from the files' weights, their 2x bilinear upsampling written as equivalent
 operations, their final regressor convolutions split by output channel, and the result
-quantized to 8-bit integers. They are distributed under the same licence.
+quantized to 8-bit integers. face_landmark_int8.tflite (and any *_edgetpu.tflite
+compiled from it) is derived from face_landmark.tflite the same way (models/face_mesh_int8.py):
+rebuilt from the file's weights, each PReLU written as equivalent depthwise convolutions
+and an addition, and quantized to 8-bit integers. They are distributed under the same
+licence.
 
 ----------------------------------------------------------------------------------------
 
@@ -871,6 +881,47 @@ def build_int8_detectors(out_dir: Path, faces_dir: Path, lfw_dir: Path,
     return report
 
 
+# --------------------------------------------------------------------------- h. int8 face mesh
+def build_int8_landmarks(out_dir: Path, faces_dir: Path, lfw_dir: Path,
+                         seed: int = SELECTION_SEED) -> Dict[str, Any]:
+    """Step h: full-integer face mesh next to the float one (models/face_mesh_int8.py)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not (faces_dir / "scenes" / "training.xml").is_file():
+        raise BuildError(f"{faces_dir}: no scenes/training.xml (real faces for calibration and "
+                         "measurement); pass --faces")
+    if str(REPO_ROOT) not in sys.path:  # edge.* runs the pipeline that makes the crops
+        sys.path.insert(0, str(REPO_ROOT))
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    try:  # keep the build light on a shared machine (no-op once TensorFlow has started)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    fm = _import_models_module("face_mesh_int8")
+    tools = {"python": platform.python_version(), "tensorflow": tf.__version__,
+             "keras": keras.__version__, "numpy": np.__version__,
+             "ai_edge_litert": _dist_version("ai-edge-litert"), "tflite": _dist_version("tflite")}
+    float_entry = read_manifest(out_dir)["models"].get(fm.FLOAT_NAME)
+    if not float_entry or not (out_dir / float_entry["file"]).is_file():
+        raise BuildError(f"{fm.FLOAT_NAME} is not in {out_dir}; run the full build first")
+    if sha256_file(out_dir / float_entry["file"]) != float_entry["sha256"]:
+        raise BuildError(f"{float_entry['file']} does not match its manifest sha256")
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build.") as tmp:
+        try:
+            path, figures = fm.build_int8_landmarks(out_dir, faces_dir, lfw_dir, seed, Path(tmp), select_images)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
+        dst = out_dir / path.name
+        os.replace(path, dst)
+    entry = fm.int8_entry(float_entry, dst, figures, tools)
+    write_manifest_entry(out_dir, fm.INT8_NAME, entry)
+    _log(f"[h] {dst.name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}...")
+    return {k: figures[k] for k in ("keras_vs_original", "int8_vs_float", "latency_invoke_median_ms",
+                                    "edgetpu_op_check")}
+
+
 # --------------------------------------------------------------------------- g. Edge TPU
 def _edgetpu_figures(text: str) -> Dict[str, int]:
     """Counts from edgetpu_compiler's summary ("Number of operations that will run on ...")."""
@@ -956,8 +1007,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--faces", type=Path, default=DEFAULT_FACES,
                         help="real-face folder with scenes/ and video/ for the int8 detectors "
                              "(default: %(default)s)")
-    parser.add_argument("--only", choices=("detector-int8", "edgetpu"),
-                        help="run only step f+g (int8 detectors, then Edge TPU compilation) or only g")
+    parser.add_argument("--only", choices=("detector-int8", "landmarks-int8", "edgetpu"),
+                        help="run only step f+g (int8 detectors, then Edge TPU compilation), h+g (int8 face "
+                             "mesh, then Edge TPU compilation) or only g")
     args = parser.parse_args(argv)
     if args.calib_count < 1 or args.parity_count < 1:
         parser.error("--calib-count and --parity-count must be positive")
@@ -968,6 +1020,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.only == "detector-int8":
                 report["detector_int8"] = build_int8_detectors(out, args.faces.resolve(), args.lfw.resolve(),
                                                                args.seed)
+            if args.only == "landmarks-int8":
+                report["landmarks_int8"] = build_int8_landmarks(out, args.faces.resolve(), args.lfw.resolve(),
+                                                                args.seed)
             report["edgetpu"] = compile_edgetpu(out)
             print(json.dumps(report, indent=2, sort_keys=True))
             return 0
@@ -984,6 +1039,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             manifest["alignment"] = section
             write_manifest(args.out.resolve(), manifest)
             report["alignment"] = {k: section[k] for k in ("chosen", "source", "points", "variants")}
+        # after the alignment fit: the int8 face mesh is measured through the aligned chips
+        report["landmarks_int8"] = build_int8_landmarks(out, args.faces.resolve(), args.lfw.resolve(), args.seed)
         report["edgetpu"] = compile_edgetpu(out)
     except (BuildError, ValueError, OSError, subprocess.SubprocessError) as e:
         print(f"models/build.py: FAILED: {e}", file=sys.stderr)

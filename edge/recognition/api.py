@@ -55,7 +55,7 @@ class Recognizer:
         self.aligner = Aligner.from_manifest(self.manifest)
         self.refiner = None
         if self.aligner.source == "mesh":
-            name = self.manifest["alignment"].get("landmark_model", LANDMARK_MODEL)
+            name = self.config.landmarks.model or self.manifest["alignment"].get("landmark_model", LANDMARK_MODEL)
             self.refiner = LandmarkRefiner(open_model(name, models_dir, rt.threads, rt.prefer_edgetpu),
                                            self.aligner.indices)
         self.embedder = Embedder(emb_model, self.config.embed.mirror_average)

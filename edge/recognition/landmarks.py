@@ -4,12 +4,18 @@ BlazeFace's six keypoints are coarse (a few pixels of scatter at LFW scale); the
 was trained on chips aligned from eye corners and the base of the nose. The mesh model
 (468 points, Apache-2.0) finds those on a 192x192 crop rotated upright from the detector's
 eye keypoints; :data:`MESH_POINTS` picks the five that match dlib's 5-point layout.
+
+The float model and its full-integer rebuild (``face_landmark_int8``, for the Coral Edge TPU)
+run through the same code: an integer model takes its pixels through a 256-entry lookup table
+(pixel p -> the quantized value of p / 255) and its outputs are dequantized as
+``(q - zero_point) * scale``.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from edge.recognition.detect import _quantization
 from edge.recognition.runtime import LoadedModel
 from edge.types import Detection
 
@@ -28,6 +34,27 @@ class LandmarkRefiner:
         outs = model.outputs
         self._mesh_index = 0 if int(np.prod(outs[0]["shape"])) > 1 else 1
         self.n_points = int(np.prod(outs[self._mesh_index]["shape"])) // 3
+        inp = model.inputs[0]
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.lut = None
+        if np.issubdtype(self.input_dtype, np.integer):
+            scale, zero = _quantization(inp, model.name, "input")
+            info = np.iinfo(self.input_dtype)
+            real = np.arange(256, dtype=np.float64) / 255.0
+            self.lut = np.clip(np.round(real / scale + zero), info.min, info.max).astype(self.input_dtype)
+        self.dequant = [_quantization(d, model.name, "output") if np.issubdtype(np.dtype(d["dtype"]), np.integer)
+                        else None for d in outs]
+
+    def prepare(self, crop: np.ndarray) -> np.ndarray:
+        """The model input for a (size, size, 3) uint8 RGB crop."""
+        if self.lut is not None:  # cv2.LUT maps bytes to bytes: reinterpret for int8 models
+            return cv2.LUT(crop, self.lut.view(np.uint8)).view(self.input_dtype)[None]
+        return crop.astype(np.float32)[None] * (1.0 / 255.0)
+
+    def _output(self, outs: list[np.ndarray], k: int) -> np.ndarray:
+        q = self.dequant[k]
+        a = outs[k]
+        return a if q is None else (a.astype(np.float32) - q[1]) * q[0]
 
     def roi_transform(self, det: Detection) -> np.ndarray:
         """2x3 matrix from frame pixels to the model's upright square crop."""
@@ -46,10 +73,9 @@ class LandmarkRefiner:
         m = self.roi_transform(det)
         crop = cv2.warpAffine(frame, m, (self.size, self.size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        x = crop.astype(np.float32)[None] * (1.0 / 255.0)
-        outs = self.model.run(x)
-        mesh = outs[self._mesh_index].reshape(self.n_points, 3)[self.indices, :2].astype(np.float64)
-        logit = float(np.ravel(outs[1 - self._mesh_index])[0])
+        outs = self.model.run(self.prepare(crop))
+        mesh = self._output(outs, self._mesh_index).reshape(self.n_points, 3)[self.indices, :2].astype(np.float64)
+        logit = float(np.ravel(self._output(outs, 1 - self._mesh_index))[0])
         back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
         pts = mesh @ back[:, :2].T + back[:, 2]
         presence = 1.0 / (1.0 + np.exp(-np.clip(logit, -80, 80)))

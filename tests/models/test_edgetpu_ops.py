@@ -20,7 +20,14 @@ def _int8_models():
 
 def test_the_int8_models_are_there():
     _, int8 = _int8_models()
-    assert {"dlib_resnet_v1_int8", "blazeface_full_range_int8", "blazeface_short_range_int8"} <= set(int8)
+    assert {"dlib_resnet_v1_int8", "blazeface_full_range_int8", "blazeface_short_range_int8",
+            "face_landmark_int8"} <= set(int8)
+
+
+def test_every_per_face_role_has_a_full_integer_model():
+    """On a Coral unit detection, landmarks and embedding can all stay on the Edge TPU."""
+    _, int8 = _int8_models()
+    assert {e["role"] for e in int8.values()} >= {"detector", "landmarks", "embedder"}
 
 
 @pytest.mark.parametrize("name", sorted(_int8_models()[1]))
