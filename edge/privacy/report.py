@@ -246,7 +246,7 @@ def _series(w: Window, counts: list[tuple[float, float]], alerts: list[dict], ou
 
 def plot_png(report: Mapping[str, Any], width_px: int = 1000, dpi: int = 100) -> bytes:
     """The report's plot: faces processed and alerts (by outcome) over the window."""
-    import matplotlib
+    import matplotlib  # optional (the demo/test extras): only a report with a plot needs it
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt

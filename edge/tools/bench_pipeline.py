@@ -217,7 +217,7 @@ def matched_tolerance(face_recognition, recognizer, shared, unit_score: "UnitSco
 def _reference(people, scene, n_frames: int, say, recognizer=None, shared=None,
                unit_score: "UnitScore | None" = None) -> dict | None:
     try:
-        import face_recognition
+        import face_recognition  # the reference extra; absent: the comparison is skipped and said so
     except ImportError:
         say("face_recognition reference skipped: not installed. Install it without its dlib build "
             "(dlib-bin provides dlib): pip install --no-deps face_recognition==1.3.0 "
@@ -312,7 +312,7 @@ PLOT_STAGES = ("detect", "embed", "frame_latency", "capture_to_alert")
 
 def plot_bench(path: str | Path, result: dict, latency_ms: dict, samples: list) -> Path:
     """PNG: per-stage latency histograms (a normal run) or RSS against frames (a soak)."""
-    import matplotlib
+    import matplotlib  # optional: only --plot needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     c, p = result["clip"], result["pipeline"]

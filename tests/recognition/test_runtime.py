@@ -147,3 +147,34 @@ def test_altered_edgetpu_file_is_refused_and_the_cpu_model_used(model_copy):
     m = open_model("dlib_resnet_v1_int8", model_copy)
     assert m.delegate == "cpu" and m.path.name == entry["file"]
     assert "refusing to load an altered" in m.delegate_reason
+
+
+def test_the_embedders_identity_and_the_loaded_file_are_two_named_hashes(model_copy, monkeypatch):
+    """On a Coral the file loaded is the Edge TPU build, but bundles and reports name the embedder
+    by its CPU model's manifest hash (the build is compiled from it). Recognizer.model_sha256 used
+    to be the loaded file's hash and was used as both."""
+    import edge.recognition.runtime as rt
+    from edge.config import validate
+    from edge.recognition.api import EMBEDDER_MODEL, Recognizer, embedder_sha256
+    manifest, entry = _with_edgetpu_entry(model_copy, EMBEDDER_MODEL)
+    tpu = model_copy / entry["edgetpu"]["file"]          # a compiled build is a different file
+    tpu.write_bytes(tpu.read_bytes() + bytes(16))
+    entry["edgetpu"]["sha256"] = rt.sha256_bytes(tpu.read_bytes())
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    Real, _, backend = rt._interpreter_api()
+
+    class CoralInterpreter(Real):  # the hardware edge, faked: the delegate "loads"
+        def __init__(self, model_content=None, experimental_delegates=None, num_threads=None):
+            super().__init__(model_content=model_content, num_threads=num_threads)
+
+    monkeypatch.setattr(rt, "_interpreter_api", lambda: (CoralInterpreter, lambda lib: "coral", backend))
+    monkeypatch.setattr(rt, "_library_missing", lambda: None)
+    cfg = validate({"runtime": {"models_dir": str(model_copy)}})
+    rec = Recognizer(cfg)
+    assert rec.embedder.model.delegate == "edgetpu"
+    assert rec.embedder_sha256 == entry["sha256"]                    # what a bundle must name
+    assert rec.loaded_embedder_sha256 == entry["edgetpu"]["sha256"]  # what runs
+    assert rec.loaded_embedder_sha256 != rec.embedder_sha256
+    # the unit's watchlist side reads the identity from the file, without an interpreter
+    monkeypatch.setattr(rt, "_interpreter_api", lambda: pytest.fail("no model may be loaded for its hash"))
+    assert embedder_sha256(cfg) == entry["sha256"]

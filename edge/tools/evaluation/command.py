@@ -279,7 +279,7 @@ def run_eval_lfw(args) -> int:
         columns += _improved_columns(report, ours_table, pairs, identities, images_dir, args.seed, fold_of,
                                      track_sizes, ours)
     if reference == "dlib":
-        import face_recognition_models as frm
+        import face_recognition_models as frm  # the reference extra (dlib model files)
         _, version = dlib_available()
         with Progress(len(paths), f"dlib ({DLIB_WORKERS} procs)", unit="img") as bar:
             ref_table = embed_dlib(paths, DLIB_WORKERS, bar)

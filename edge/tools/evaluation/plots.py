@@ -61,7 +61,7 @@ def plot_det(path: Path, curves: list[tuple[str, dict[str, Any]]]) -> None:
     """DET curves (FNIR vs FPIR, log-log), watchlist N = all. Left: the open-set protocol, one
     curve per pipeline. Right (when any pipeline has the track protocol): tracks of K images,
     colour = K, solid = improved pipelines, dashed = base."""
-    import matplotlib
+    import matplotlib  # optional: only --plot needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
