@@ -8,6 +8,7 @@ values are refused with the key path and the reason (:class:`edge.errors.ConfigE
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import reprlib
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from typing import Any, Mapping
 import yaml
 
 from edge.errors import ConfigError
+from edge.readfile import read_regular
+
+#: a config file larger than this is refused unread
+MAX_CONFIG_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,9 @@ def refuse_network_source(path: str, value: str) -> None:
                           "device or a local file")
 
 
-_DEVICE = re.compile(r"^(/dev/[A-Za-z0-9._:/+-]{1,200}|[0-9]{1,3})$")
+_DEVICE = re.compile(r"(/dev/[A-Za-z0-9._:/+-]{1,200}|[0-9]{1,3})")
+#: unit ids and the topic prefix: one MQTT topic level of plain characters (matched whole: fullmatch)
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _check(path: str, opt: Option, value: Any) -> Any:
@@ -319,9 +326,15 @@ def _check(path: str, opt: Option, value: Any) -> Any:
         raise ConfigError(f"{path}: {_short(value)} is not one of {', '.join(map(str, opt.choices))}")
     if path in ("camera.path", "camera.device") and value:
         refuse_network_source(path, value)
-    if path == "camera.device" and not _DEVICE.match(value):
+    if path == "camera.device" and (not _DEVICE.fullmatch(value) or (
+            value.startswith("/dev/") and (posixpath.normpath(value) != value
+                                           or any(part in (".", "..") for part in value.split("/"))))):
         raise ConfigError(f"{path}: {_short(value)} is not a local camera device (expected /dev/videoN, "
-                          "a /dev/v4l/... link, or an index such as 0)")
+                          "a /dev/v4l/... link, or an index such as 0; no '.', '..' or '//' in the path)")
+    if path == "mqtt.topic_prefix" and not ID_RE.fullmatch(value):
+        raise ConfigError(f"{path}: {_short(value)} must be 1-64 letters, digits, '-' or '_' (one topic level)")
+    if path == "unit.id" and value and not ID_RE.fullmatch(value):
+        raise ConfigError(f"{path}: {_short(value)} must be 1-64 letters, digits, '-' or '_'")
     if path == "detector.roi" and value:
         if len(value) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{path}: expected [x0, y0, x1, y1] as four numbers, got {_short(value)}")
@@ -350,7 +363,9 @@ def validate(data: Any) -> Config:
         raise ConfigError(f"{unknown[0][:60]}: unknown section (known: {', '.join(SCHEMA)})")
     values: dict[str, dict[str, Any]] = {}
     for name, options in SCHEMA.items():
-        given = data.get(name) or {}
+        given = data.get(name)
+        if given is None:             # "camera:" with every option commented out
+            given = {}
         if not isinstance(given, Mapping):
             raise ConfigError(f"{name}: expected a mapping of options, got {type(given).__name__}")
         bad = [str(k) for k in given if k not in options]
@@ -378,21 +393,49 @@ def load_config(path: str | Path | None = None) -> Config:
     if path is None:
         return validate({})
     p = Path(path)
+    data = read_regular(p, MAX_CONFIG_BYTES, "config file", ConfigError)  # no FIFO, no /dev/zero
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
-    if len(text) > 1_000_000:
-        raise ConfigError(f"{p}: config file is larger than 1 MB")
     return parse_text(text, str(p))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    one silently: a reviewer reading the first would be misled)."""
+
+
+def _construct_unique_mapping(loader, node, deep=False):
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {_short(key)} (first at line {seen[key].line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+            except TypeError:
+                pass  # an unhashable key: construct_mapping names it
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def safe_load_unique(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_text(text: str, where: str = "<config>") -> Config:
     """Validate configuration YAML given as text (``where`` names it in errors)."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:  # safe_load: bad !!int, !!float or dates like 2020-02-31

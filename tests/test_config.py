@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.config import SCHEMA, describe, load_config, validate
+from edge.config import SCHEMA, describe, load_config, parse_text, validate
 from edge.errors import ConfigError
 
 
@@ -85,3 +85,52 @@ def test_fuzzed_configs_give_config_or_clear_error(data):
         validate(data)
     except ConfigError as exc:
         assert ":" in str(exc)
+
+
+# --- issue 14: what the runtime would refuse or re-read is refused at validation -------------
+
+@pytest.mark.parametrize("text, where", [
+    ("camera: false\n", "camera: expected a mapping"),
+    ("camera: 0\n", "camera: expected a mapping"),
+    ("mqtt:\n  topic_prefix: 'lfr/x'\n", "mqtt.topic_prefix"),
+    ("mqtt:\n  topic_prefix: \"lfr\\n\"\n", "mqtt.topic_prefix"),
+    ("mqtt:\n  topic_prefix: '+'\n", "mqtt.topic_prefix"),
+    ("unit:\n  id: 'van 01'\n", "unit.id"),
+    ("unit:\n  id: \"van-01\\n\"\n", "unit.id"),
+    ("camera:\n  source: v4l2\n  device: /dev/../etc/passwd\n", "camera.device"),
+    ("camera:\n  source: v4l2\n  device: /dev/./video0\n", "camera.device"),
+    ("camera:\n  source: v4l2\n  device: /dev//video0\n", "camera.device"),
+    ("camera:\n  device: \"0\\n\"\n", "camera.device"),
+    ("unit:\n  id: a\n  id: b\n", "duplicate key"),
+    ("unit:\n  id: a\nunit:\n  id: b\n", "duplicate key"),
+])
+def test_check_refuses_what_the_runtime_would_refuse(text, where):
+    with pytest.raises(ConfigError, match=where):
+        parse_text(text)
+
+
+def test_empty_section_and_merge_keys_still_accepted():
+    assert parse_text("camera:\n").camera.source == "picamera2"
+    assert parse_text("unit: &u\n  id: van-01\n").unit.id == "van-01"
+
+
+def test_config_file_must_be_a_regular_file(tmp_path):
+    import os
+    import threading
+    fifo = tmp_path / "unit.yaml"
+    os.mkfifo(fifo)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _raises(lambda: load_config(fifo))), daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "load_config hangs on a named pipe"
+    assert "named pipe" in out["r"]
+    assert "device" in _raises(lambda: load_config("/dev/zero"))
+
+
+def _raises(fn) -> str:
+    try:
+        fn()
+    except ConfigError as exc:
+        return str(exc)
+    raise AssertionError("no ConfigError")
