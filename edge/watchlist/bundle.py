@@ -21,7 +21,9 @@ import base64
 import gzip
 import hashlib
 import math
+import os
 import re
+import unicodedata
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from edge.encoding import b64encode, canonical_json
 from edge.errors import WatchlistError
 from edge.matching.match import Watchlist
 from edge.types import CATEGORIES, UNIT_ID_RE
+from edge.readfile import open_regular
 from edge.utc import format_utc, parse_canonical
 from edge.watchlist.envelope import open_envelope, parse_envelope, seal, strict_json
 from edge.watchlist.errors import (
@@ -110,11 +113,22 @@ class Limits:
 # --------------------------------------------------------------------------------------
 
 
+#: Unicode categories refused in a bundle's free text: format characters (bidi overrides and
+#: isolates U+202A-202E / U+2066-2069, marks U+200E/200F/061C, zero-width U+200B-200D, U+FEFF),
+#: line and paragraph separators, surrogates.
+_HIDDEN_CATEGORIES = frozenset({"Cf", "Zl", "Zp", "Cs"})
+
+
 def _printable(value: object, what: str, max_len: int, error: type[Exception]) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise error(f"{what} must be text of 1 to {max_len} characters, got {value!r:.80}")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value) or value != value.strip():
         raise error(f"{what} contains control characters or leading/trailing spaces: {value!r:.80}")
+    hidden = [c for c in value if unicodedata.category(c) in _HIDDEN_CATEGORIES]
+    if hidden:
+        # U+202E etc. reorder what the handheld page and the report display; zero-width ones hide text
+        raise error(f"{what} contains invisible or text-direction control characters "
+                    f"({', '.join(sorted({f'U+{ord(c):04X}' for c in hidden}))}): {value!r:.80}")
     return value
 
 
@@ -557,15 +571,18 @@ def read_file_limited(path, limits: Limits) -> bytes:
     """A bundle file's bytes, refusing files over the size limit before reading them."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > limits.max_bundle_bytes:
-            raise BundleLimitError(f"{p}: {size:,} bytes, over watchlist.max_bundle_bytes {limits.max_bundle_bytes:,}")
-        with open(p, "rb") as f:
+        fd = open_regular(p, "bundle file", BundleFormatError)  # a FIFO or /dev/zero is refused, never read
+    except BundleFormatError as exc:
+        if str(exc).endswith("bundle file not found"):
+            raise BundleFormatError(f"{p}: no such bundle file") from None
+        raise
+    try:
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limits.max_bundle_bytes:
+                raise BundleLimitError(f"{p}: {size:,} bytes, over watchlist.max_bundle_bytes "
+                                       f"{limits.max_bundle_bytes:,}")
             data = f.read(size + 1)  # not max+1: a huge read() preallocates its whole buffer
-    except FileNotFoundError:
-        raise BundleFormatError(f"{p}: no such bundle file") from None
-    except IsADirectoryError:
-        raise BundleFormatError(f"{p}: is a folder, not a bundle file") from None
     except OSError as exc:
         raise BundleFormatError(f"{p}: cannot read: {exc.strerror or exc}") from None
     if len(data) > limits.max_bundle_bytes:

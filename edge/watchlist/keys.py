@@ -43,9 +43,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.atomicfile import atomic_write, write_new_private
+from edge.config import safe_load_unique
 from edge.encoding import b64decode_exact, b64encode
 from edge.errors import ConfigError, EdgeError
 from edge.types import UNIT_ID_RE
+from edge.readfile import read_regular
 from edge.utc import format_utc, parse_utc
 
 __all__ = [
@@ -183,10 +185,7 @@ def read_passphrase(path: str | os.PathLike | None) -> bytes | None:
     """The passphrase in ``path`` (first line, trailing newline stripped); None for no file."""
     if not path:
         return None
-    try:
-        data = Path(path).read_bytes()[:4096]
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read passphrase file: {exc.strerror or exc}") from None
+    data = read_regular(path, 4096, "passphrase file", KeyFileError)
     line = data.splitlines()[0] if data.splitlines() else b""
     if not line:
         raise KeyFileError(f"{path}: passphrase file is empty")
@@ -200,20 +199,14 @@ def _pem(private, passphrase: bytes | None) -> bytes:
 
 
 def _read_limited(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """A regular file of at most ``limit`` bytes (no FIFO, device or folder): KeyFileError otherwise."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > limit:
-            raise KeyFileError(f"{p}: {what} is {size:,} bytes, more than {limit:,}; not a {what}")
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"{p}: {what} not found") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{p}: is a folder, expected a {what}") from None
-    except PermissionError:
-        raise KeyFileError(f"{p}: permission denied reading the {what}") from None
-    except OSError as exc:
-        raise KeyFileError(f"{p}: cannot read the {what}: {exc.strerror or exc}") from None
+        return read_regular(p, limit, what, KeyFileError)
+    except KeyFileError as exc:
+        if "larger than" in str(exc):
+            raise KeyFileError(f"{p}: {what} is more than {limit:,} bytes; not a {what}") from None
+        raise
 
 
 def _load_pem_blocks(path: str | os.PathLike, passphrase: bytes | None, what: str) -> list:
@@ -265,6 +258,9 @@ def save_issuer(key: IssuerKey, out_dir: str | os.PathLike, passphrase: bytes | 
 def save_device(key: DeviceKey, out_dir: str | os.PathLike, passphrase: bytes | None = None,
                 key_name: str = "device.key") -> tuple[Path, Path]:
     """Write ``device.key`` (0600, two PEM blocks) and ``<unit_id>.unit.yaml``; refuse to overwrite."""
+    if not isinstance(key_name, str) or not NAME_RE.fullmatch(key_name):
+        raise KeyFileError(f"--key-name {key_name!r:.80}: a file name in --out (1-64 letters, digits, '.', "
+                           "'-' or '_', starting with a letter or digit; no folder, no '..')")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     priv = out / key_name
@@ -313,9 +309,14 @@ def _load_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception
     except KeyFileError as exc:
         raise error(str(exc)) from None
     try:
-        doc = yaml.safe_load(data.decode("utf-8"))
+        doc = safe_load_unique(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # an impossible date such as 2026-02-30T00:00:00Z
+        raise error(f"{path}: not valid YAML: {exc} (an impossible date or number; quote dates and check "
+                    "them)") from None
+    except RecursionError:
+        raise error(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(doc, dict):
         raise error(f"{path}: expected a YAML mapping in the {what}")
     return doc

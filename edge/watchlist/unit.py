@@ -43,6 +43,7 @@ from typing import Callable, Mapping
 from edge.atomicfile import atomic_write, remove_durably
 from edge.errors import ConfigError, EdgeError
 from edge.matching.factory import build_matcher
+from edge.readfile import read_regular
 from edge.matching.match import Matcher
 from edge.matching.normalise import load_score_model
 from edge.utc import format_utc, parse_canonical
@@ -64,6 +65,7 @@ __all__ = ["UnitWatchlist", "LoadedList", "Verified", "UnitStateError"]
 
 STATE_FILE = "state.json"
 BUNDLE_FILE = "current.edgewl"
+MAX_STATE_BYTES = 64 * 1024
 
 
 class UnitStateError(EdgeError):
@@ -145,6 +147,14 @@ class UnitWatchlist:
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._live: LoadedList | None = None
+        self._refusals: list[tuple[BaseException, str]] = []   # for the service's audit log
+
+    def take_refusals(self) -> list[tuple[BaseException, str]]:
+        """Stored bundles :meth:`restore` refused since the last call (error, where): the service
+        writes each as a ``bundle_refused`` audit entry."""
+        with self._lock:
+            out, self._refusals = self._refusals, []
+        return out
 
     @contextmanager
     def _locked(self):
@@ -192,12 +202,9 @@ class UnitWatchlist:
         return self.dir / STATE_FILE
 
     def read_state(self) -> dict:
-        try:
-            raw = self.state_path.read_bytes()
-        except FileNotFoundError:
+        if not os.path.lexists(self.state_path):
             return {"version": 1, "status": "none", "last_serial": 0}
-        except OSError as exc:
-            raise UnitStateError(f"{self.state_path}: cannot read: {exc.strerror or exc}") from None
+        raw = read_regular(self.state_path, MAX_STATE_BYTES, "watchlist state file", UnitStateError)
         try:
             st = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -368,6 +375,7 @@ class UnitWatchlist:
             try:
                 data = read_file_limited(self.bundle_path, self.limits)
             except BundleError as exc:
+                self._refusals.append((exc, "stored watchlist"))
                 self._set_status(st, "wiped", f"stored bundle unreadable: {exc}")
                 self._live = None
                 return None
@@ -384,6 +392,7 @@ class UnitWatchlist:
                 self._delete(st, "expired", str(exc))
                 return None
             except BundleError as exc:
+                self._refusals.append((exc, "stored watchlist"))
                 self._delete(st, "wiped", f"stored list no longer acceptable: {exc}")
                 return None
             if not self.trusted_clock:
