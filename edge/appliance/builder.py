@@ -27,6 +27,7 @@ from edge.config import Config, validate
 from edge.errors import ConfigError, EdgeError
 from edge.privacy.service_audit import ServiceAudit
 from edge.recognition.api import Recognizer
+from edge.watchlist.errors import BundleError
 from edge.watchlist.unit import UnitWatchlist
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,18 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
     elif restore:
         try:
             live = unit.restore()
-        except EdgeError as exc:
+        except Exception as exc:  # a bad trust / key / state file: the service still starts, and says why
             live = None
             log.error("the stored watchlist could not be restored: %s", exc)
             if service_audit is not None:
-                service_audit.restored(None, exc)
+                if isinstance(exc, BundleError):
+                    service_audit.restored(None, exc)
+                else:
+                    service_audit.error("watchlist restore", exc)
         else:
             if service_audit is not None:
+                for exc, _ in unit.take_refusals():
+                    service_audit.restored(None, exc)
                 service_audit.restored(live)
         if live is None:
             log.warning("no watchlist loaded: the unit runs but nothing can match until one is loaded "

@@ -57,6 +57,8 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
     ready = False
     next_ping = next_poll = next_status = time.monotonic()
     code = 0
+    poll_error: str | None = None
+    crashed: BaseException | None = None
     try:
         while not stop.is_set() and not pipeline.done:
             now = time.monotonic()
@@ -78,8 +80,16 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
                         log.warning("watchlist changed: %s", cur.manifest.bundle_id if cur else
                                     "none loaded (nothing can match)")
                     unit.enforce_expiry()
-                except EdgeError as exc:
-                    log.error("watchlist poll failed: %s", exc)
+                    poll_error = None
+                except Exception as exc:  # a bad trust, state or key file: the running list stays in force
+                    text = f"{type(exc).__name__}: {exc}"
+                    if text != poll_error:   # once per distinct problem, not every poll
+                        poll_error = text
+                        log.error("watchlist check failed (the list in force, if any, stays in force; new "
+                                  "bundles are refused until this is fixed): %s", exc)
+                        sa.error("watchlist check", exc)
+                for exc, where in unit.take_refusals():
+                    sa.restored(None, exc)
             if now >= next_status:
                 next_status = now + pc.status_interval_seconds
                 line = pipeline.status_line()
@@ -87,6 +97,11 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
                 notifier.status(line)
             sa.tick(pipeline)
             stop.wait(0.2)
+    except Exception as exc:  # recorded as what it is, never as "source ended"
+        crashed = exc
+        log.error("the service loop failed: %s", exc)
+        sa.error("service", exc)
+        code = exc.exit_code if isinstance(exc, EdgeError) else 1
     finally:
         notifier.stopping("stopping")
         pipeline.stop()
@@ -102,6 +117,7 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
         rep = pipeline.report()
         say(f"edge-lfr run: {rep['frames_processed']} frames in {rep['seconds']:.1f} s ({rep['fps']} fps), "
             f"{rep['dropped_frames']} dropped, {rep['alerts']} alert(s)")
-        sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else "error"), pipeline)
+        sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else
+                                                 f"error: {type(crashed).__name__ if crashed else code}"), pipeline)
         notifier.close()
     return code

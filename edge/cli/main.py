@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 unexpected failure; 2 bad command-line usage; 65 bad in
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -19,6 +20,9 @@ from edge.cli.run import add_bench_arguments as add_pipeline_bench_arguments
 from edge.cli.run import add_commands as add_run_commands
 from edge.cli.watchlist import add_commands as add_watchlist_commands
 from edge.errors import EdgeError
+
+#: errno values of an output that cannot be created (exit 73, EX_CANTCREAT)
+_CANT_CREATE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
 
 EPILOG = """\
 examples:
@@ -39,7 +43,8 @@ examples:
   edge-lfr config                             every configuration option with its default and range
 
 exit codes: 0 ok, 1 failure, 2 usage, 65 bad input data, 66 key file missing, 69 model missing or
-altered, 74 unit state damaged, 75 bundle not valid yet, 77 refused by trust policy, 78 bad config
+altered, 73 output cannot be created, 74 unit state damaged or I/O error, 75 bundle not valid yet,
+77 refused by trust policy, 78 bad config
 """
 
 
@@ -134,6 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-lfr: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # an output path that cannot be written (missing folder, read-only, full disk), or an input
+        # that cannot be read: one line naming the file, never a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"edge-lfr: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        logging.getLogger("edge.cli").debug("details", exc_info=True)
+        return 73 if exc.errno in _CANT_CREATE else 74
+    except (ValueError, TypeError, OverflowError, MemoryError, RecursionError, UnicodeError) as exc:
+        # bad input the command did not check itself (a date that does not exist, a damaged file)
+        print(f"edge-lfr: error: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr)
+        logging.getLogger("edge.cli").debug("details", exc_info=True)
+        return 65
+    except Exception as exc:  # the last guard: a bug, reported in one line (details with -v)
+        print(f"edge-lfr: internal error ({type(exc).__name__}): {str(exc)[:500]}; run with -v for details",
+              file=sys.stderr)
+        logging.getLogger("edge.cli").debug("details", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -302,9 +302,24 @@ def cmd_verify(args) -> int:
     return _inspect_common(args, strict=True)
 
 
+def _audit_refusal(unit, exc: BaseException, source: str) -> None:
+    """A refused ``watchlist load`` goes to the unit's audit log (docs/privacy.md); when the log
+    itself cannot be written (no device key, say), the refusal is still reported on stderr."""
+    from edge.privacy.audit import AuditLog
+    try:
+        AuditLog.from_config(unit.config, device_key=unit.device_key).bundle_refused(exc, source)
+    except Exception as audit_exc:  # the refusal itself is what the user must see
+        print(f"edge-lfr: warning: the refusal could not be written to the audit log: {audit_exc}", file=sys.stderr)
+
+
 def cmd_load(args) -> int:
+    from edge.errors import EdgeError
     unit = _unit(args)
-    live = unit.load(args.bundle)
+    try:
+        live = unit.load(args.bundle)
+    except (EdgeError, OSError) as exc:
+        _audit_refusal(unit, exc, f"edge-lfr watchlist load {str(args.bundle)[:150]}")
+        raise
     s = live.manifest.summary()
     _say(f"loaded {args.bundle}: serial {s['serial']}, operation {s['operation_id']}, {s['subjects']:,} subjects "
          f"({_cats(s)}), valid until {s['valid_until']}")
