@@ -119,6 +119,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "session_expiry_seconds": Option(7 * 86400, int, "MQTT v5 session expiry: the broker keeps this unit's session (and queued adjudications) this long while it is offline", 0, 4294967295),
         "max_inflight": Option(10, int, "alerts published and not yet acknowledged (PUBACK) at most; kept below the broker's receive maximum", 1, 16),
         "max_adjudication_bytes": Option(4096, int, "inbound adjudication payloads larger than this are rejected unread", 256, 65536),
+        "adjudication_rate_per_officer": Option(30, int, "inbound adjudications per minute one officer id may send "
+                                                "(a minute's worth at once); more are ignored and counted "
+                                                "(adjudications_rate_limited in health); all officers together "
+                                                "get ten times this", 1, 6000),
     },
     "outbox": {
         "max_pending": Option(10_000, int, "undelivered alerts kept at most; when full, new alerts are refused and counted, never the oldest dropped", 10, 1_000_000),
@@ -126,6 +130,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                  "adjudication records) are deleted this many days after the alert", 1, 31),
         "rejected_retention_hours": Option(24, int, "an alert an officer marked not a match (rejected) is deleted "
                                            "with its record this many hours after the decision (0 = at the next purge)", 0, 168),
+        "min_free_mb": Option(200, int, "free space in unit.state_dir below which health reports disk_low "
+                              "(alerts may then be refused: outbox_refused; the service keeps running and "
+                              "publishing what it holds)", 0, 1_000_000),
         "max_crop_bytes": Option(32 * 1024, int, "largest JPEG carried in an alert, for the probe crop and for the reference thumbnail alike", 2048, 262144),
     },
     "privacy": {

@@ -90,6 +90,9 @@ class Outbox(DbHandle):
         self.clock = clock
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        #: alerts refused because they could not be stored (full disk, I/O error) since this process
+        #: opened the outbox: a full disk cannot commit the persistent counter, so it is kept here too
+        self.refused_unstored = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -199,6 +202,9 @@ class Outbox(DbHandle):
         except sqlite3.IntegrityError:
             raise OutboxError(f"event id {event_id} is already in the outbox") from None
         except sqlite3.Error as exc:
+            with self._lock:
+                self.refused_unstored += 1
+            log.error("alert %s refused: it cannot be stored (%s); health reports it (outbox_refused)", event_id, exc)
             raise OutboxError(f"{self.path}: cannot store the alert: {exc}") from None
         if full:
             log.error("outbox full: %d alerts undelivered (outbox.max_pending); alert %s refused", pending, event_id)
@@ -248,8 +254,16 @@ class Outbox(DbHandle):
             delivered = db.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL").fetchone()[0]
             refused = db.execute("SELECT value FROM counters WHERE name = 'refused'").fetchone()[0]
         age = None if oldest is None else max(0.0, float(self.clock()) - float(oldest))
-        return {"pending": int(pending), "delivered": int(delivered), "refused": int(refused),
-                "oldest_pending_s": age}
+        return {"pending": int(pending), "delivered": int(delivered),
+                "refused": int(refused) + self.refused_unstored, "oldest_pending_s": age}
+
+    def disk_free_mb(self) -> float | None:
+        """Free space (for an unprivileged writer) in the outbox's file system, MiB."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return round(st.f_bavail * st.f_frsize / (1 << 20), 1)
 
     def integrity_check(self, full: bool = True) -> list[str]:
         """``PRAGMA integrity_check`` (or ``quick_check``) result lines; ``['ok']`` when sound."""

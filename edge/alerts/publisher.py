@@ -34,7 +34,7 @@ import math
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -61,6 +61,48 @@ _POLL_SECONDS = 1.0
 _MAX_QUEUED_ACKS = 1000
 #: An acknowledgement without a PUBACK after this long no longer holds back the next one.
 _ACK_STALE_SECONDS = 30.0
+#: Inbound adjudications waiting for the adjudication thread at most; past this they are
+#: dropped (counted) unread: a flood never holds back alerts, and never grows memory.
+_MAX_QUEUED_ADJUDICATIONS = 1000
+#: Decisions remembered to answer repeats without a database transaction or an audit entry.
+_DECIDED_CACHE = 10_000
+#: Officers whose rate is tracked at once (least recently seen forgotten first).
+_MAX_TRACKED_OFFICERS = 10_000
+#: All officers together may make this many times one officer's rate.
+_GLOBAL_RATE_FACTOR = 10
+#: Reasons an inbound message is not handed to the hook (counted; the service audits the counts).
+REJECTION_REASONS = ("malformed", "unknown_event", "rate_limited", "duplicate", "retained", "oversized",
+                     "queue_full", "wrong_topic")
+
+
+class _Buckets:
+    """Token buckets: ``rate`` per minute for each key (burst = one minute's worth), and
+    ``_GLOBAL_RATE_FACTOR`` times that for all keys together."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = float(per_minute) / 60.0
+        self.burst = float(max(1, per_minute))
+        self.clock = clock
+        self._keys: OrderedDict[str, list[float]] = OrderedDict()
+        self._all = [self.burst * _GLOBAL_RATE_FACTOR, clock()]
+
+    def _take(self, b: list[float], rate: float, burst: float, now: float) -> bool:
+        b[0] = min(burst, b[0] + (now - b[1]) * rate)
+        b[1] = now
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return True
+        return False
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        b = self._keys.pop(key, None) or [self.burst, now]
+        self._keys[key] = b
+        while len(self._keys) > _MAX_TRACKED_OFFICERS:
+            self._keys.popitem(last=False)
+        if not self._take(b, self.rate, self.burst, now):
+            return False
+        return self._take(self._all, self.rate * _GLOBAL_RATE_FACTOR, self.burst * _GLOBAL_RATE_FACTOR, now)
 
 
 
@@ -111,7 +153,17 @@ class AlertPublisher:
         self.publish_rejections = 0
         self.adjudications_rejected = 0
         self.adjudications_accepted = 0
+        self.rejections = {r: 0 for r in REJECTION_REASONS}        # by reason, ever (health, audit)
+        self.rejections_by_officer: dict[str, int] = {}            # claimed officer id -> count (bounded)
         self.delivered = 0
+        # inbound adjudications: their own queue and thread, never the pump's
+        self._adj_queue: queue.Queue = queue.Queue(maxsize=_MAX_QUEUED_ADJUDICATIONS)
+        self._adj_thread: threading.Thread | None = None
+        self._decided: OrderedDict[tuple, dict] = OrderedDict()
+        self._buckets = _Buckets(int(getattr(m, "adjudication_rate_per_officer", 30)))
+        self._max_adj_bytes = int(m.max_adjudication_bytes)
+        self._last_limit_log: dict[str, float] = {}
+        self._log_window = [0.0, 0]
 
         # pump state (touched only by the pump thread)
         self._inflight: dict[int, int] = {}      # seq -> mid, in hand-over order
@@ -173,7 +225,23 @@ class AlertPublisher:
         self._events.put(("ack", mid, reason_code, time.monotonic()))
 
     def _on_message(self, client, userdata, message) -> None:
-        self._events.put(("message", message.topic, bytes(message.payload)))
+        """paho's network thread: cheap checks before anything is copied, then the adjudication
+        thread's bounded queue (never the pump's: alerts are not queued behind adjudications)."""
+        if message.retain:        # left on the broker by someone: re-delivered at every reconnect
+            self._reject("retained", None)
+            return
+        if message.topic != self.topics.adjudication:
+            self._reject("wrong_topic", None)
+            return
+        if len(message.payload) > self._max_adj_bytes:   # refused before the payload is copied
+            self._reject("oversized", None)
+            self._log_rejection(f"adjudication rejected ({len(message.payload)} bytes): exceeds the cap "
+                                f"mqtt.max_adjudication_bytes {self._max_adj_bytes}")
+            return
+        try:
+            self._adj_queue.put_nowait((message.topic, bytes(message.payload)))
+        except queue.Full:
+            self._reject("queue_full", None)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for rc in reason_codes:
@@ -189,9 +257,13 @@ class AlertPublisher:
         m = self.cfg.mqtt
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(m.session_expiry_seconds)
+        # the broker must not send this client anything larger (MQTT v5): only adjudications come in
+        props.MaximumPacketSize = self._max_adj_bytes + 1024
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_seconds, clean_start=False,
                                   properties=props)
         self.client.loop_start()
+        self._adj_thread = threading.Thread(target=self._adj_run, name="edge-lfr-adjudications", daemon=True)
+        self._adj_thread.start()
         self._thread = threading.Thread(target=self._run, name="edge-lfr-outbox-pump", daemon=True)
         self._thread.start()
         return self
@@ -213,6 +285,9 @@ class AlertPublisher:
                     "publish_rejections": self.publish_rejections,
                     "adjudications_accepted": self.adjudications_accepted,
                     "adjudications_rejected": self.adjudications_rejected,
+                    "adjudications_rate_limited": self.rejections["rate_limited"],
+                    "adjudications_duplicate": self.rejections["duplicate"],
+                    "adjudications_dropped": self.rejections["queue_full"],
                     "outbox_pending": ob["pending"], "outbox_refused": ob["refused"],
                     "oldest_pending_s": ob["oldest_pending_s"]}
 
@@ -234,6 +309,13 @@ class AlertPublisher:
     def stop(self, timeout: float = 5.0) -> None:
         """Give in-flight alerts up to ``timeout`` seconds to be acknowledged, publish ``offline``,
         disconnect. Undelivered alerts stay in the outbox for the next start."""
+        if self._adj_thread is not None:
+            try:
+                self._adj_queue.put(None, timeout=1.0)
+            except queue.Full:
+                pass
+            self._adj_thread.join(5.0)
+            self._adj_thread = None
         if self._thread is not None:
             self._events.put(("stop", time.monotonic() + timeout))
             self._thread.join(timeout + 5.0)
@@ -431,6 +513,7 @@ class AlertPublisher:
             log.warning("more than %d adjudication acknowledgements waiting: the oldest is dropped",
                         _MAX_QUEUED_ACKS)
         self._acks.append(payload)
+        self._events.put(("wake",))       # the pump publishes it
 
     def _publish_health(self) -> None:
         if not self.connected or self._health_mid is not None:
@@ -469,6 +552,10 @@ class AlertPublisher:
         except message_schema.AlertError:
             expires = None
         bundle = src.get("bundle_id")
+        try:
+            free = number(self.outbox.disk_free_mb())
+        except Exception:
+            free = None
         msg = {
             "schema_version": message_schema.SCHEMA_VERSION,
             "unit_id": self.unit_id,
@@ -484,33 +571,98 @@ class AlertPublisher:
             "cpu_temp_c": celsius(src.get("cpu_temp_c")),
             "publish_rejections": st["publish_rejections"],
             "adjudications_rejected": st["adjudications_rejected"],
+            "adjudications_rate_limited": st["adjudications_rate_limited"],
+            "disk_free_mb": free,
+            "disk_low": None if free is None else free < float(self.cfg.outbox.min_free_mb),
+            "audit_problem": (str(src["audit_problem"])[:200] if src.get("audit_problem") else None),
         }
         errors = message_schema.check(msg, message_schema.HEALTH_SCHEMA)
         if errors:
             raise message_schema.AlertError("invalid health message: " + "; ".join(errors))
         return msg
 
+    def rejection_counts(self) -> dict:
+        """Inbound messages not handed to the hook, by reason, and the officers that sent most of
+        them (claimed ids, at most 10): what the service writes as one aggregated audit entry."""
+        with self._lock:
+            top = sorted(self.rejections_by_officer.items(), key=lambda kv: -kv[1])[:10]
+            return {"by_reason": dict(self.rejections), "by_officer": dict(top)}
+
+    def _reject(self, reason: str, officer: str | None) -> None:
+        with self._lock:
+            self.rejections[reason] += 1
+            if reason != "duplicate":
+                self.adjudications_rejected += 1
+            if officer is not None:
+                if officer in self.rejections_by_officer or len(self.rejections_by_officer) < 1000:
+                    self.rejections_by_officer[officer] = self.rejections_by_officer.get(officer, 0) + 1
+
+    def _log_rejection(self, text: str) -> None:
+        """One warning per rejected message, at most 20 a minute (a flood must not flood the log)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._log_window[0] > 60.0:
+                if self._log_window[1] > 20:
+                    log.warning("%d more adjudication(s) rejected in the last minute (counted, not logged)",
+                                self._log_window[1] - 20)
+                self._log_window = [now, 0]
+            self._log_window[1] += 1
+            if self._log_window[1] > 20:
+                return
+        log.warning("%s", text)
+
+    def _adj_run(self) -> None:
+        while True:
+            item = self._adj_queue.get()
+            if item is None:
+                return
+            try:
+                self._handle_message(*item)
+            except Exception:  # never let one message end the thread
+                log.exception("adjudication handling failed")
+
     def _handle_message(self, topic: str, payload: bytes) -> None:
+        """The adjudication thread: parse, rate-limit by officer, answer a repeat from memory,
+        check the event id, then the hook (records + audit) and the acknowledgement."""
         if topic != self.topics.adjudication:
-            log.warning("ignored a message on unexpected topic %r (%d bytes)", topic[:200], len(payload))
+            self._reject("wrong_topic", None)
             return
         try:
-            adj = alerts.parse_adjudication(payload, int(self.cfg.mqtt.max_adjudication_bytes))
-            if not self.outbox.knows(adj["event_id"]):
-                raise message_schema.AdjudicationError(f"unknown event id {adj['event_id']}")
+            adj = alerts.parse_adjudication(payload, self._max_adj_bytes)
         except message_schema.AdjudicationError as exc:
+            self._reject("malformed", None)
+            self._log_rejection(f"adjudication rejected ({len(payload)} bytes on {topic}): {exc}")
+            return
+        event_id, outcome, officer, _ = alerts.adjudication_fields(adj)
+        if not self._buckets.allow(officer):
+            self._reject("rate_limited", officer)
+            now = time.monotonic()
+            if now - self._last_limit_log.get(officer, -1e9) > 60.0 and len(self._last_limit_log) < 1000:
+                self._last_limit_log[officer] = now
+                log.warning("adjudications from officer %s over the rate limit (%d a minute): ignored and counted",
+                            officer, int(self._buckets.burst))
+            return
+        key = (event_id, officer, outcome)
+        cached = self._decided.get(key)
+        if cached is not None:          # a repeat: answered from memory, counted, not recorded again
+            self._reject("duplicate", officer)
             with self._lock:
-                self.adjudications_rejected += 1
-            log.warning("adjudication rejected (%d bytes on %s): %s", len(payload), topic, exc)
+                self.adjudications_accepted += 1
+            self._queue_ack(dict(cached, duplicate=True))
+            return
+        try:
+            if not self.outbox.knows(event_id):
+                raise message_schema.AdjudicationError(f"unknown event id {event_id}")
+        except message_schema.AdjudicationError as exc:
+            self._reject("unknown_event", officer)
+            self._log_rejection(f"adjudication rejected ({len(payload)} bytes on {topic}): {exc}")
             return
         except Exception as exc:
-            with self._lock:
-                self.adjudications_rejected += 1
+            self._reject("malformed", officer)
             log.error("adjudication could not be checked: %s", exc)
             return
         with self._lock:
             self.adjudications_accepted += 1
-        event_id, outcome, officer, _ = alerts.adjudication_fields(adj)
         log.info("adjudication %s for event %s from %s", outcome, event_id, officer)
         if self.on_adjudication is not None:
             try:
@@ -519,5 +671,7 @@ class AlertPublisher:
                 log.exception("on_adjudication hook failed")
                 return
             if ack is not None:
+                self._decided[key] = dict(ack)
+                while len(self._decided) > _DECIDED_CACHE:
+                    self._decided.popitem(last=False)
                 self._queue_ack(ack)
-

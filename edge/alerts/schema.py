@@ -233,7 +233,8 @@ HEALTH_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["schema_version", "unit_id", "at", "uptime_s", "fps", "queue_depth", "outbox_pending",
                  "outbox_refused", "oldest_pending_s", "bundle_id", "bundle_expires_at", "cpu_temp_c",
-                 "publish_rejections", "adjudications_rejected"],
+                 "publish_rejections", "adjudications_rejected", "adjudications_rate_limited", "disk_free_mb",
+                 "disk_low", "audit_problem"],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
         "unit_id": {"type": "string", "pattern": _ID},
@@ -253,7 +254,19 @@ HEALTH_SCHEMA: dict[str, Any] = {
         "publish_rejections": {"type": "integer", "minimum": 0,
                                "description": "alert publishes the broker refused (PUBACK reason >= 0x80)"},
         "adjudications_rejected": {"type": "integer", "minimum": 0,
-                                   "description": "malformed or unknown adjudications ignored"},
+                                   "description": "inbound adjudications ignored (malformed, unknown event id, over "
+                                                  "the rate limit, retained, oversized, queue full; ever)"},
+        "adjudications_rate_limited": {"type": "integer", "minimum": 0,
+                                       "description": "of those, ignored because their officer id sent more than "
+                                                      "mqtt.adjudication_rate_per_officer a minute (ever)"},
+        "disk_free_mb": {"type": ["number", "null"], "minimum": 0,
+                         "description": "free space in unit.state_dir's file system, MiB"},
+        "disk_low": {"type": ["boolean", "null"],
+                     "description": "free space is below outbox.min_free_mb: new alerts may be refused "
+                                    "(outbox_refused), the service keeps publishing what it holds"},
+        "audit_problem": {"type": ["string", "null"], "maxLength": 200,
+                          "description": "the audit log's tail was not written by this unit (or could not be "
+                                         "read): the unit started a new signed segment; null when none"},
     },
 }
 
@@ -301,6 +314,15 @@ def _format_ok(value: str, fmt: str) -> bool:
     raise AssertionError(f"schema uses unsupported format {fmt!r}")
 
 
+def _python_pattern(pattern: str) -> re.Pattern:
+    """A JSON Schema (ECMA-262) pattern for Python: there ``$`` matches only at the very end, while
+    Python's ``$`` also matches before a final newline (``"off-01\\n"`` would pass and split log
+    lines). A trailing ``$`` becomes ``\\Z``."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
 def check(instance: Any, schema: Mapping[str, Any], path: str = "$") -> list[str]:
     """Problems of ``instance`` against ``schema`` (empty when valid), each naming its path."""
     unknown = set(schema) - _KEYWORDS
@@ -326,7 +348,8 @@ def check(instance: Any, schema: Mapping[str, Any], path: str = "$") -> list[str
         if "maxLength" in schema and len(instance) > schema["maxLength"]:
             errors.append(f"{path}: longer than {schema['maxLength']} characters")
         elif "pattern" in schema:
-            rx = _PATTERNS.get(schema["pattern"]) or _PATTERNS.setdefault(schema["pattern"], re.compile(schema["pattern"]))
+            rx = _PATTERNS.get(schema["pattern"]) or _PATTERNS.setdefault(schema["pattern"],
+                                                                           _python_pattern(schema["pattern"]))
             if not rx.search(instance):
                 errors.append(f"{path}: does not match the pattern {schema['pattern']}")
         if "format" in schema and not errors and not _format_ok(instance, schema["format"]):

@@ -161,6 +161,8 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
         publisher = AlertPublisher(config, outbox=outbox)
         record = AdjudicationRecords(outbox).record
         publisher.on_adjudication = service_audit.wrap_adjudication(record) if service_audit else record
+        if service_audit is not None:
+            service_audit.attach_publisher(publisher)
         sink = publisher.submit
     else:
         sink = OutboxSink(outbox, config.outbox.max_crop_bytes)
@@ -180,5 +182,8 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
         preview_server = PreviewServer(config.privacy.preview_port, max_fps=config.privacy.preview_max_fps,
                                        unit_id=config.unit.id, mode=config.privacy.preview_mode)
     if publisher is not None:
-        publisher.health_source = pipeline.health
+        if service_audit is not None:   # the audit log's tail problem, if any, goes on the health topic too
+            publisher.health_source = lambda: {**pipeline.health(), "audit_problem": service_audit.audit.problem}
+        else:
+            publisher.health_source = pipeline.health
     return Appliance(config, recognizers, unit, outbox, publisher, service_audit, preview_server, pipeline)

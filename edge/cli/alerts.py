@@ -148,4 +148,7 @@ def add_bench_arguments(parser) -> None:
          help="then this many submitted at once, for throughput (default: %(default)s; 0 = skip)")
     _add(parser, "--config", help="YAML configuration (only its outbox and mqtt.max_inflight settings are used)")
     _add(parser, "--out", help="also write the figures as JSON here")
+    _add(parser, "--flood", type=int, default=0, metavar="N",
+         help="alerts: instead, time alert commit -> PUBACK while one handheld floods the unit with N duplicate "
+              "adjudications (e.g. 3000; the service's wiring: records + audit log)")
 

@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.atomicfile import atomic_write
 from edge.encoding import b64encode, canonical_json
 from edge.errors import EdgeError
+from edge.readfile import open_regular, read_regular
 from edge.utc import format_utc_ms, parse_utc_ms
 from edge.watchlist.keys import device_key_from_config
 
@@ -83,17 +84,20 @@ _HEAD_DOMAIN = b"edge-lfr audit head v1\n"
 
 #: Every entry type the unit writes. ``checkpoint`` and ``audit_trim`` are signed.
 TYPES = ("service_start", "service_stop", "bundle_loaded", "bundle_refused", "watchlist_deleted", "alert",
-         "alert_failed", "adjudication", "purge", "error", "counts", "checkpoint", "audit_trim", "log_repaired")
-SIGNED = ("checkpoint", "audit_trim")
+         "alert_failed", "adjudication", "purge", "error", "counts", "checkpoint", "audit_trim", "log_repaired",
+         "adjudication_rejected", "segment")
+#: ``segment``: the unit found a tail it did not write (or damage) and starts a new signed segment
+SIGNED = ("checkpoint", "audit_trim", "segment")
 
 MAX_STRING = 512          # characters: a JPEG crop in base64 is kilobytes, an id is < 130
 MAX_ITEMS = 64            # per list / map
 MAX_DEPTH = 3
 MAX_LINE = 16384          # bytes: a line longer than this is not an entry this module wrote
+MAX_LOG_BYTES = 1 << 30   # a log larger than this (31 days of entries are far less) is refused unread
 
 #: Kinds of problem :func:`verify` reports.
 KINDS = ("malformed", "edited", "deleted", "reordered", "inserted", "truncated", "bad_signature",
-         "head_missing", "torn")
+         "head_missing", "torn", "unsigned_tail")
 
 
 class AuditError(EdgeError):
@@ -211,22 +215,53 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """(entry, None) for a line that has the shape of an entry; (None, why) for anything else:
+    not JSON, NaN / Infinity, nested too deeply, too long, not an entry. Never raises."""
+    if len(raw) > MAX_LINE:
+        return None, "longer than any entry"
+    try:
+        e = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        return None, "nested too deeply"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, "not JSON" if not str(exc).endswith("not a JSON number") else str(exc)
+    why = _well_formed(e)
+    if why:
+        return None, why
+    try:
+        canonical_json(e["data"])                 # what the hash is computed over must encode
+    except (ValueError, TypeError, RecursionError):
+        return None, "data cannot be encoded"
+    return e, None
+
+
+def open_log(path: str | os.PathLike):
+    """The audit file opened for reading (a regular file only: a FIFO would hang), or None when
+    it does not exist. Raises AuditError naming anything else."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return None
+    fd = open_regular(p, "audit log", AuditError)
+    return os.fdopen(fd, "rb")
+
+
 def read_entries(path: str | os.PathLike) -> Iterator[dict]:
     """Every well-formed entry of an audit file, in file order (no verification: see
-    :func:`verify`). Lines that are not entries are skipped."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+    :func:`verify`). Lines that are not entries (damaged, NaN, deep nesting) are skipped."""
+    f = open_log(path)
+    if f is None:
         return
     with f:
         for raw in f:
-            if not raw.endswith(b"\n") or len(raw) > MAX_LINE:
+            if not raw.endswith(b"\n"):
                 continue
-            try:
-                e = json.loads(raw)
-            except ValueError:
-                continue
-            if _well_formed(e) is None:
+            e, _ = parse_line(raw[:-1])
+            if e is not None:
                 yield e
 
 
@@ -285,6 +320,10 @@ class Verification:
     trims: int = 0
     signatures_checked: bool = False
     head_seq: int | None = None
+    #: seqs of the entries after the one the signed head names: nothing signed them (an append
+    #: cut short by a crash before the head was rewritten, or entries added by someone without
+    #: the key). Reported always; a problem with ``strict``.
+    unsigned_tail: list[int] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -296,6 +335,7 @@ class Verification:
                 "last_seq": self.last_seq, "first_time": self.first_time, "last_time": self.last_time,
                 "checkpoints": self.checkpoints, "trims": self.trims,
                 "signatures_checked": self.signatures_checked, "head_seq": self.head_seq,
+                "signed_through_seq": self.head_seq, "unsigned_tail": list(self.unsigned_tail),
                 "problems": [{"kind": p.kind, "line": p.line, "seq": p.seq, "message": p.message}
                              for p in self.problems]}
 
@@ -304,7 +344,13 @@ class Verification:
             span = "" if not self.entries else f" (seq {self.first_seq}..{self.last_seq}, {self.first_time} .. " \
                                                f"{self.last_time})"
             sig = "" if self.signatures_checked else "; signatures NOT checked (no public key given)"
-            return f"audit log intact: {self.entries} entries{span}, {self.checkpoints} signed checkpoint(s){sig}"
+            tail = ""
+            if self.unsigned_tail:
+                tail = (f"; UNSIGNED TAIL: {len(self.unsigned_tail)} entr{'y' if len(self.unsigned_tail) == 1 else 'ies'}"
+                        f" after the signed head (seq {self.unsigned_tail[0]}..{self.unsigned_tail[-1]}) are not "
+                        "signed by the unit")
+            return (f"audit log intact: {self.entries} entries{span}, {self.checkpoints} signed checkpoint(s), "
+                    f"signed through seq {self.head_seq}{sig}{tail}")
         return f"audit log TAMPERED or damaged: {len(self.problems)} problem(s); first: {self.problems[0]}"
 
 
@@ -325,7 +371,8 @@ def _check_sig(entry: dict, public: Ed25519PublicKey | None, expected_signer: st
     return None
 
 
-def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLike | None = None) -> Verification:
+def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLike | None = None, *,
+           strict: bool = False) -> Verification:
     """Check an audit log: every hash, every link, every signature (with ``public_key``: the
     unit's Ed25519 public key, raw or as a key object), the start (genesis, or a signed trim
     record naming the first entry kept) and the end (the signed head). Each problem names its
@@ -340,10 +387,14 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
         pub = Ed25519PublicKey.from_public_bytes(raw)
         expected_signer = signer_id(raw)
         res.signatures_checked = True
-    try:
-        blob = p.read_bytes()
-    except FileNotFoundError:
+    f = open_log(p)
+    if f is None:
         blob = None
+    else:
+        with f:
+            blob = f.read(MAX_LOG_BYTES + 1)
+        if len(blob) > MAX_LOG_BYTES:
+            raise AuditError(f"{p}: larger than {MAX_LOG_BYTES:,} bytes; not this unit's audit log")
     add = res.problems.append
 
     lines: list[tuple[int, dict]] = []        # (line number, entry) for well-formed lines
@@ -351,12 +402,7 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
         raw_lines = blob.split(b"\n")
         torn = raw_lines.pop()                # after the last "\n": b"" unless torn
         for n, raw_line in enumerate(raw_lines, 1):
-            try:
-                e = json.loads(raw_line) if len(raw_line) <= MAX_LINE else None
-            except ValueError:
-                e = None
-            why = "longer than any entry" if e is None and len(raw_line) > MAX_LINE else (
-                "not JSON" if e is None else _well_formed(e))
+            e, why = parse_line(raw_line)
             if why:
                 add(Problem("malformed", n, None, f"not an audit entry ({why}): edited or damaged"))
                 continue
@@ -396,6 +442,7 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
 
     # -- every entry: hash, link, signature ------------------------------------------------
     last_good_sig_line: int | None = None
+    flagged: list[tuple[int, dict]] = []
     prev_e: dict | None = None
     prev_n: int | None = None
     for i, (n, e) in enumerate(lines):
@@ -445,9 +492,20 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
                 last_good_sig_line = n
                 if e["type"] == "checkpoint":
                     res.checkpoints += 1
+                elif e["type"] == "segment":
+                    flagged.append((n, e["data"]))
                 else:
                     res.trims += 1
         prev_e, prev_n = e, n
+    # a new segment the unit started: the entries it found after its own last head were not its own
+    for seg_line, d in flagged:
+        lo, hi = d.get("unsigned_from_seq"), d.get("unsigned_to_seq")
+        if isinstance(lo, int) and isinstance(hi, int):
+            for n, e in lines:
+                if n < seg_line and lo <= e["seq"] <= hi:
+                    add(Problem("unsigned_tail", n, e["seq"], "not written by the unit: it came after the unit's "
+                                f"last signed head (seq {d.get('last_signed_seq')}); the unit found it at line "
+                                f"{seg_line} and started a new signed segment"))
 
     if lines:
         res.entries = len(lines)
@@ -456,13 +514,15 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
 
     # -- the end: the signed head --------------------------------------------------------
     try:
-        head = json.loads(head_path.read_bytes())
-    except FileNotFoundError:
+        head = json.loads(read_regular(head_path, 65536, "audit head", AuditError), parse_constant=_no_constant)
+    except AuditError as exc:
         head = None
-        if lines:
+        if "not found" not in str(exc):
+            head = {}
+        elif lines:
             add(Problem("head_missing", None, None, f"{head_path.name} is missing: the end of the log cannot be "
                         "checked (entries may have been removed from the end)"))
-    except (OSError, ValueError):
+    except (ValueError, RecursionError):
         head = {}
     if head is not None:
         ok_shape = (isinstance(head, dict) and isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)
@@ -491,6 +551,13 @@ def verify(path: str | os.PathLike, public_key=None, head_path: str | os.PathLik
                 if not at or head["hash"] not in {e["hash"] for e in at}:
                     add(Problem("edited", None, head["seq"], f"the entry with seq {head['seq']} is not the one the "
                                 "signed head names"))
+                tail = [(n, e) for n, e in lines if e["seq"] > head["seq"]]
+                res.unsigned_tail = [e["seq"] for _, e in tail]
+                if strict and tail:
+                    add(Problem("unsigned_tail", tail[0][0], tail[0][1]["seq"],
+                                f"{len(tail)} entr{'y' if len(tail) == 1 else 'ies'} after the signed head (seq "
+                                f"{head['seq']}): nothing signed them (added without the unit's key, or an append "
+                                "cut short before the head was rewritten)"))
     # report problems in file order (those about the whole file last)
     res.problems.sort(key=lambda q: (q.line is None, q.line or 0))
     return res
@@ -526,6 +593,8 @@ class AuditLog:
         self._last_hash = GENESIS
         self._since_checkpoint = 0
         self._last_t = float("-inf")
+        #: the last problem found with the log's tail or lines (for the health topic); None when none
+        self.problem: str | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -571,8 +640,11 @@ class AuditLog:
         if now is None:
             self._state = None
             return
-        with open(self.path, "rb") as f:
-            blob = f.read()
+        f = open_log(self.path)
+        with f:
+            blob = f.read(MAX_LOG_BYTES + 1)
+        if len(blob) > MAX_LOG_BYTES:
+            raise AuditError(f"{self.path}: larger than {MAX_LOG_BYTES:,} bytes; not this unit's audit log")
         cut = blob.rfind(b"\n") + 1
         if cut < len(blob):
             if not repair:
@@ -585,20 +657,67 @@ class AuditLog:
             blob = blob[:cut]
         else:
             torn = 0
-        for raw in blob.split(b"\n"):
+        damaged: list[int] = []              # line numbers that are not entries, since the last segment
+        hashes: dict[int, str] = {}
+        for n, raw in enumerate(blob.split(b"\n"), 1):
             if not raw:
                 continue
-            try:
-                e = json.loads(raw)
-            except ValueError:
+            e, why = parse_line(raw)
+            if e is None:
+                damaged.append(n)
                 continue
-            if _well_formed(e) is None:
-                self._last_seq, self._last_hash = e["seq"], e["hash"]
-                self._since_checkpoint = 0 if e["type"] in SIGNED else self._since_checkpoint + 1
-                self._last_t = parse_utc_ms(e["t"])
+            self._last_seq, self._last_hash = e["seq"], e["hash"]
+            hashes[e["seq"]] = e["hash"]
+            self._since_checkpoint = 0 if e["type"] in SIGNED else self._since_checkpoint + 1
+            self._last_t = max(self._last_t, parse_utc_ms(e["t"]))
+            if e["type"] == "segment":
+                damaged = []                 # the unit recorded what came before
         self._state = self._file_state()
+        if not repair:
+            return
+        tail = self._tail_problem(hashes)
         if torn:
             self._append_locked("log_repaired", {"discarded_bytes": torn, "reason": "a line torn by a crash"})
+        if tail is not None or damaged:
+            data: dict = {"unit_id": self.unit_id, "reason": "; ".join(filter(None, [
+                tail[0] if tail else None,
+                f"{len(damaged)} damaged line(s) (first: line {damaged[0]})" if damaged else None]))[:MAX_STRING]}
+            if tail is not None and tail[1] is not None:
+                data.update({"unsigned_from_seq": tail[1] + 1, "unsigned_to_seq": self._last_seq,
+                             "last_signed_seq": tail[1]})
+            if damaged:
+                data.update({"damaged_lines": len(damaged), "first_damaged_line": damaged[0]})
+            self.problem = data["reason"]
+            log.error("audit log: %s; a new signed segment starts here (reported on the health topic)",
+                      data["reason"])
+            self._write_line(self._make("segment", data))
+
+    def _tail_problem(self, hashes: Mapping[int, str]) -> tuple[str, int | None] | None:
+        """Whether the log ends where this unit's signed head says it does: None if so, else
+        (what is wrong, the seq of the last entry the unit signed, when known). Every writer of
+        the log (the service, ``audit purge``, ``watchlist load``) holds the unit key and rewrites
+        the head with each append, so entries after the head were added by someone else (or an
+        append was cut short by a crash before the head was rewritten)."""
+        if not hashes:
+            return None
+        try:
+            head = json.loads(read_regular(self.head_path, 65536, "audit head", AuditError),
+                              parse_constant=_no_constant)
+            Ed25519PublicKey.from_public_bytes(self.public).verify(
+                base64.b64decode(head["sig"], validate=True), _head_message(head))
+            seq, hsh = head["seq"], head["hash"]
+            if head.get("signer") != self.signer or not isinstance(seq, int):
+                raise ValueError("not this unit's head")
+        except AuditError as exc:
+            return (f"the signed head is missing or unreadable ({exc}): the tail cannot be the unit's own", None)
+        except (InvalidSignature, ValueError, KeyError, TypeError, RecursionError):
+            return ("the head is not signed by this unit: the tail cannot be the unit's own", None)
+        if seq == self._last_seq and hashes.get(seq) == hsh:
+            return None
+        if hashes.get(seq) == hsh and seq < self._last_seq:
+            return (f"entries seq {seq + 1}..{self._last_seq} come after the unit's last signed head (seq {seq}): "
+                    "not written by this unit", seq)
+        return (f"the log does not end with the entry the unit's signed head names (seq {seq})", None)
 
     # -- appending -----------------------------------------------------------------------
 
@@ -693,26 +812,27 @@ class AuditLog:
         Returns how many entries were deleted."""
         with self._locked():
             self._sync_state(repair=True)
-            try:
-                blob = self.path.read_bytes()
-            except FileNotFoundError:
+            f = open_log(self.path)
+            if f is None:
                 return 0
+            with f:
+                blob = f.read(MAX_LOG_BYTES + 1)
             raw_lines = [r for r in blob.split(b"\n") if r]
             cut = 0
             for raw in raw_lines:
-                try:
-                    e = json.loads(raw)
-                    t = parse_utc_ms(e["t"])
-                except (ValueError, KeyError, TypeError):
+                e, _ = parse_line(raw)
+                if e is None:
                     break      # never cut past a line we cannot read: verify will name it
-                if t >= before:
+                if parse_utc_ms(e["t"]) >= before:
                     break
                 cut += 1
             if cut == 0:
                 return 0
             kept = raw_lines[cut:]
             if kept:
-                first = json.loads(kept[0])
+                first, _ = parse_line(kept[0])
+                if first is None:
+                    return 0   # the next line is damaged: keep everything, verify names it
                 first_seq, first_prev = first["seq"], first["prev"]
             else:
                 first_seq, first_prev = self._last_seq + 1, self._last_hash

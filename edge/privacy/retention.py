@@ -54,7 +54,7 @@ __all__ = ["Retention", "RetentionError", "deployment_ended_at", "INTENT_FILE"]
 INTENT_FILE = "retention.intent.json"
 DAY = 86400.0
 HOUR = 3600.0
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
+_TEMP = re.compile(r"\A\..+\.tmp-(\d+)\Z")
 
 
 class RetentionError(EdgeError):

@@ -93,6 +93,12 @@ class ServiceAudit:
         self._next_purge = monotonic() + float(cfg.privacy.purge_interval_seconds)
         self._live_id: str | None = None
         self._lock = threading.Lock()
+        # adjudications answered without a full entry: repeats of a decided alert, and everything the
+        # publisher refused (flood, rate limit, malformed, unknown id): one aggregated entry a period
+        self._publisher = None
+        self._repeats = 0
+        self._rejections_logged: dict = {"repeats_recorded": 0}
+        self._next_rejections = monotonic() + float(cfg.privacy.audit_stats_seconds)
 
     @classmethod
     def start(cls, cfg, *, unit=None, model_sha256: str = "", version: str = "", device_key=None,
@@ -108,7 +114,8 @@ class ServiceAudit:
         except (RetentionError, EdgeError, OSError) as exc:
             log.error("retention purge at start failed (retried hourly): %s", exc)
             self._safe(audit.error, "retention", exc)
-        audit.service_start(cfg, model_sha256=model_sha256, version=version)
+        # a full disk must not stop the service: it keeps publishing what it holds (health says so)
+        self._safe(audit.service_start, cfg, model_sha256=model_sha256, version=version)
         return self
 
     def _safe(self, fn, *args, **kw):
@@ -133,8 +140,44 @@ class ServiceAudit:
         self._safe(self.audit.alert_event, ev, self._live_id)
 
     def on_adjudication(self, ack: Mapping[str, Any] | None) -> None:
-        if ack:
-            self._safe(self.audit.adjudication, ack)
+        """A decision recorded: a full ``adjudication`` entry. A repeat of a decided alert (the
+        record was already there) is only counted, into the periodic ``adjudication_rejected``
+        entry: one sender cannot grow the log by an entry per message."""
+        if not ack:
+            return
+        if ack.get("duplicate"):
+            with self._lock:
+                self._repeats += 1
+            return
+        self._safe(self.audit.adjudication, ack)
+
+    def attach_publisher(self, publisher) -> None:
+        """Count what ``publisher`` (:class:`edge.alerts.publisher.AlertPublisher`) refused
+        into the aggregated ``adjudication_rejected`` entries."""
+        self._publisher = publisher
+
+    def _rejections(self, force: bool = False) -> None:
+        """One ``adjudication_rejected`` entry with what changed since the last one (nothing
+        written when nothing changed)."""
+        if not force and self.mono() < self._next_rejections:
+            return
+        self._next_rejections = self.mono() + float(self.cfg.privacy.audit_stats_seconds)
+        now: dict = {"repeats_recorded": self._repeats}
+        officers: dict = {}
+        if self._publisher is not None:
+            try:
+                rc = self._publisher.rejection_counts()
+                now.update({str(k): int(v) for k, v in rc["by_reason"].items()})
+                officers = {str(k)[:64]: int(v) for k, v in list(rc["by_officer"].items())[:10]}
+            except Exception as exc:  # pragma: no cover - counters of another shape
+                log.debug("rejection counts unavailable: %s", exc)
+        delta = {k: v - self._rejections_logged.get(k, 0) for k, v in now.items()}
+        if not any(delta.values()):
+            return
+        self._rejections_logged = now
+        self._safe(self.audit.append, "adjudication_rejected",
+                   {"counts": {k: v for k, v in delta.items() if v}, "top_officers_ever": officers,
+                    "interval_s": float(self.cfg.privacy.audit_stats_seconds)})
 
     def wrap_adjudication(self, record: Callable[[dict], Any]) -> Callable[[dict], Any]:
         """Wrap :meth:`edge.alerts.adjudication.AdjudicationRecords.record` so that each adjudication
@@ -161,6 +204,7 @@ class ServiceAudit:
                 if self._counts.due():
                     self._safe(self._counts.poll)
             self._watchlist_changes()
+            self._rejections()
             if self.mono() >= self._next_purge:
                 self._next_purge = self.mono() + float(self.cfg.privacy.purge_interval_seconds)
                 counts = self.purge()
@@ -204,6 +248,7 @@ class ServiceAudit:
         with self._lock:
             if pipeline is not None and self._counts is not None:
                 self._safe(self._counts.poll, True)
+            self._rejections(force=True)
             totals = pipeline.counts() if pipeline is not None else {}
             self._safe(self.audit.service_stop, reason, frames=totals.get("frames", 0),
                        alerts=totals.get("alerts", 0), **extra)

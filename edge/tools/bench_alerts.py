@@ -27,6 +27,17 @@ def run_alert_bench(args) -> int:
     """
 
 
+    flood = int(getattr(args, "flood", 0) or 0)
+    if flood:
+        if not 1 <= flood <= 100_000:
+            raise InputError("--flood must be 1..100000 messages")
+        from edge.tools.bench_flood import run_flood
+        report = run_flood(flood)
+        if getattr(args, "out", None):
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2))
+        return 0
     count = int(getattr(args, "count", 200) or 0)
     burst = int(getattr(args, "burst", 200) or 0)
     if count < 1 or burst < 0:
