@@ -41,9 +41,9 @@ def _public_key(args, cfg):
     return public_key_from_config(cfg)
 
 
-def _verify(args, cfg, path: Path):
+def _verify(args, cfg, path: Path, strict: bool = False):
     from edge.privacy.audit import verify
-    return verify(path, _public_key(args, cfg), getattr(args, "head", None))
+    return verify(path, _public_key(args, cfg), getattr(args, "head", None), strict=strict)
 
 
 def cmd_verify(args) -> int:
@@ -51,7 +51,7 @@ def cmd_verify(args) -> int:
     path = _log_path(args, cfg)
     if not path.exists():
         raise InputError(f"{path}: no audit log")
-    res = _verify(args, cfg, path)
+    res = _verify(args, cfg, path, strict=bool(getattr(args, "strict", False)))
     if args.json:
         print(json.dumps(res.as_dict(), indent=2))
     else:
@@ -98,7 +98,8 @@ def cmd_report(args) -> int:
     cfg = _config(args)
     path = _log_path(args, cfg)
     entries = list(read_entries(path))
-    verification = None if args.no_verify else _verify(args, cfg, path)
+    # strict: entries after the signed head (nothing signed them) make the report say so
+    verification = None if args.no_verify else _verify(args, cfg, path, strict=True)
     report = build_report(entries, start=_when(args.start, "--from"), end=_when(args.end, "--to"),
                           bundle_id=args.bundle, location=args.location, verification=verification)
     jp, hp = write_report(report, args.out)
@@ -140,6 +141,8 @@ def add_commands(subparsers) -> None:
     _common(v)
     _key_options(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.add_argument("--strict", action="store_true", help="also fail (exit 65) when entries follow the signed "
+                   "head (an unsigned tail: nothing signed them); edge-lfr report always checks this way")
     v.set_defaults(func=cmd_verify)
     sh = asub.add_parser("show", help="print entries (ids and counts; never images)")
     _common(sh)

@@ -110,6 +110,12 @@ def _bin_seconds(span: float) -> int:
     return 86400 * max(1, math.ceil(span / 86400 / 60))
 
 
+def _unsigned(audit: Mapping[str, Any]) -> str:
+    tail = audit.get("unsigned_tail") or []
+    return (f"; NOT signed: {len(tail)} entr{'y' if len(tail) == 1 else 'ies'} after it (seq {tail[0]}..{tail[-1]})"
+            if tail else "; every entry used is signed")
+
+
 def build_report(entries: Iterable[dict], *, start: float | None = None, end: float | None = None,
                  bundle_id: str | None = None, location: str | None = None,
                  verification: Verification | None = None, now: float | None = None) -> dict:
@@ -199,7 +205,10 @@ def build_report(entries: Iterable[dict], *, start: float | None = None, end: fl
                   "verified": verification.ok if verification is not None else None,
                   "signatures_checked": verification.signatures_checked if verification is not None else None,
                   "summary": verification.summary() if verification is not None else "not verified",
-                  "problems": [str(p) for p in verification.problems[:20]] if verification is not None else []},
+                  "problems": [str(p) for p in verification.problems[:20]] if verification is not None else [],
+                  # which entries the unit's signatures cover: up to the signed head; anything after is not
+                  "signed_through_seq": verification.head_seq if verification is not None else None,
+                  "unsigned_tail": list(verification.unsigned_tail) if verification is not None else []},
         "series": _series(w, series_counts, alerts, outcome_of),
     }
     return report
@@ -411,7 +420,8 @@ match), {adj['not_located']} person not located, {adj['not_adjudicated']} not ad
 <tr><th>service</th><td>{r['service']['starts']} start(s), {r['service']['stops']} stop(s), {r['service']['errors']}
 error(s), {r['service']['bundles_refused']} watchlist bundle(s) refused, {r['service']['purges']} retention purge(s)</td></tr>
 <tr><th>audit log</th><td>{audit['entries_in_window']} entries in the window; last seq {e(str(audit['last_seq']))},
-hash <code>{e(str(audit['last_hash']))}</code></td></tr>
+hash <code>{e(str(audit['last_hash']))}</code>; signed by the unit through seq
+{e(str(audit.get('signed_through_seq')))}{e(_unsigned(audit))}</td></tr>
 </table>
 <p class="note">Computed by {e(r['generated_by'])} at {e(_fmt_time(r['generated_at']))} from the unit's hash-chained,
 signed audit log. "Faces processed" is a count: no image, crop or biometric template of a person who did not match
