@@ -92,7 +92,6 @@ def _cases(d: Path):
 def test_every_subcommand_with_bad_paths_answers_in_one_line(env, capsys):
     failures = []
     for argv in _cases(env):
-        print("case", argv, file=sys.__stdout__, flush=True)
         try:
             code = main(argv)
         except SystemExit as exc:          # argparse's usage errors
@@ -102,6 +101,8 @@ def test_every_subcommand_with_bad_paths_answers_in_one_line(env, capsys):
             continue
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
+        if code == 0 and "Traceback" not in err:     # nothing wrong for this command (e.g. --schema)
+            continue
         if code not in DOCUMENTED or "Traceback" in err or not lines or "internal error" in err:
             failures.append(f"{argv}: exit {code}: {err[-300:]!r}")
         elif not any(line.startswith(("edge-lfr: error:", "edge-lfr: warning:", "usage:")) for line in lines):
