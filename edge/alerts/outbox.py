@@ -60,6 +60,16 @@ class OutboxError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
+#: space kept in a file beside the outbox, released when a full disk would stop the outbox opening
+RESERVE_FILENAME = ".outbox-reserve"
+RESERVE_BYTES = 4 << 20
+
+
+def _disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "disk is full" in text or "disk i/o error" in text or "no space" in text
+
+
 class OutboxFull(OutboxError):
     """``max_pending`` undelivered alerts are waiting: the new alert is refused (and counted)."""
 
@@ -98,17 +108,70 @@ class Outbox(DbHandle):
         except OSError as exc:
             raise OutboxError(f"{self.path.parent}: cannot create the outbox folder: {exc}") from None
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._setup(check)
+            try:
+                self._open(check)
+            except sqlite3.OperationalError as exc:
+                # a full disk: SQLite cannot even create the WAL index to read. The space kept in
+                # reserve is released so that the unit starts and publishes what it holds
+                # (health reports disk_low); it is taken again once there is room.
+                if not self._release_reserve(exc):
+                    raise
+                self._open(check)
         except sqlite3.DatabaseError as exc:
             self.close()
+            if _disk_full(exc):
+                raise OutboxError(f"{self.path}: the disk is full ({exc}); free space in "
+                                  f"{self.path.parent}") from None
             raise OutboxCorrupt(f"{self.path}: not a usable outbox database ({exc}); move it aside "
                                 "for recovery (it may hold undelivered alerts) and restart") from None
         except BaseException:
             self.close()
             raise
         self._restrict_permissions()
+        self._take_reserve()
+
+    # -- the disk reserve -----------------------------------------------------------------
+
+    @property
+    def reserve_path(self) -> Path:
+        return self.path.with_name(RESERVE_FILENAME)
+
+    def _open(self, check: str) -> None:
+        self.close()
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._setup(check)
+
+    def _release_reserve(self, exc: BaseException) -> bool:
+        if not _disk_full(exc):
+            return False
+        try:
+            self.reserve_path.unlink()
+        except OSError:
+            return False
+        log.error("the disk holding %s is full (%s): released the %d MiB kept in reserve so that the outbox "
+                  "opens; free space soon", self.path.parent, exc, RESERVE_BYTES >> 20)
+        return True
+
+    def _take_reserve(self) -> None:
+        """Keep RESERVE_BYTES in a file beside the outbox while there is room (best effort)."""
+        r = self.reserve_path
+        if r.exists():
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < 4 * RESERVE_BYTES:
+                return
+            fd = os.open(r, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("no disk reserve kept: %s", exc)
+            try:
+                r.unlink()
+            except OSError:
+                pass
 
     @classmethod
     def from_config(cls, cfg, clock: Callable[[], float] = time.time) -> "Outbox":
@@ -139,6 +202,8 @@ class Outbox(DbHandle):
         if version == 0 and tables - {"sqlite_sequence"}:
             raise OutboxCorrupt(f"{self.path}: is an SQLite file but not an edge-lfr outbox "
                                 f"(tables: {', '.join(sorted(tables))})")
+        if version == SCHEMA_VERSION and {"outbox", "counters"} <= tables:
+            return                 # set up already: opening writes nothing (it works on a full disk)
         with self._tx():
             for stmt in filter(None, (s.strip() for s in _DDL.split(";"))):
                 db.execute(stmt)

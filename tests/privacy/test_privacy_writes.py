@@ -178,7 +178,7 @@ def _allowed(path: str, state: Path) -> bool:
         return False
     rel = os.path.relpath(path, s)
     return bool(re.fullmatch(
-        r"outbox\.sqlite(-wal|-shm|-journal)?"
+        r"outbox\.sqlite(-wal|-shm|-journal)?|\.outbox-reserve"
         r"|audit|audit/(\.lock|audit\.jsonl|audit\.head\.json|\.audit\.(jsonl|head\.json)\.tmp-\d+)"
         r"|watchlist|watchlist/(\.lock|state\.json|\.state\.json\.tmp-\d+)"
         r"|(\.)?retention\.intent\.json(\.tmp-\d+)?", rel))
