@@ -391,3 +391,56 @@ def test_counts_are_the_public_figures_the_audit_log_records(recs, people, faces
     assert c["frames"] == rep["frames_processed"] > 0
     assert c["faces"] == rep["tracks"] >= 3 and c["embeddings"] >= c["faces"]
     assert c["alerts"] == 0 and c["dropped_frames"] == 0              # no list: nothing can alert
+
+
+def test_a_bad_trust_file_never_takes_down_the_running_service_or_its_list(recs, people, faces_dir, tmp_path,
+                                                                          monkeypatch):
+    """Issue 14, item 4: an impossible, unquoted date in the trust file (2026-02-30T00:00:00Z) at the
+    service's next watchlist check: the list in force stays in force, one audit ``error`` entry
+    says why, the loop carries on, and the stop is recorded as what it was."""
+    from edge.alerts.localbroker import BrokerError, LOOPBACK, Mosquitto, make_certs, need
+    from edge.appliance.service import run_service
+    from edge.privacy.audit import read_entries
+    from edge.tools.rig import ThrowawayUnit
+    try:
+        need("mosquitto")
+        need("openssl")
+    except BrokerError as exc:
+        pytest.skip(str(exc))
+    video = _scene(people[:2], faces_dir).write_video(tmp_path / "clip.avi")
+    certs = make_certs(tmp_path / "certs", units=["van-svc"])
+    broker = Mosquitto(tmp_path / "broker", certs).start()
+    try:
+        tu = ThrowawayUnit(tmp_path / "unit", "van-svc")
+        cfg = tu.with_config(mqtt={"host": LOOPBACK, "port": broker.port, "ca_file": str(certs / "ca.crt"),
+                                   "cert_file": str(certs / "van-svc.crt"), "key_file": str(certs / "van-svc.key")},
+                             camera={"source": "file", "path": str(video), "pace": "realtime", "loop": True},
+                             pipeline={"watchlist_poll_seconds": 0.5})
+        bundle, _ = tu.sign(people, recs[0])
+        tu.unit().load(bundle)
+        monkeypatch.setattr("edge.appliance.service.build_recognizers", lambda *a: recs)
+        stop, result = threading.Event(), {}
+        th = threading.Thread(target=lambda: result.update(code=run_service(cfg, stop_event=stop,
+                                                                            say=lambda *a: None)), daemon=True)
+        th.start()
+        audit_path = tmp_path / "unit" / "state" / "audit" / "audit.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(e["type"] == "bundle_loaded" for e in read_entries(audit_path)):
+            time.sleep(0.2)
+        trust = tmp_path / "unit" / "keys" / "trust.yaml"
+        text = trust.read_text()
+        line = next(x for x in text.splitlines() if "valid_until" in x)
+        trust.write_text(text.replace(line, "  valid_until: 2026-02-30T00:00:00Z"))
+        time.sleep(3.0)                                   # several watchlist checks
+        assert th.is_alive(), "the service stopped"
+        stop.set()
+        th.join(30)
+    finally:
+        broker.stop()
+    assert result.get("code") == 0
+    entries = list(read_entries(audit_path))
+    errors = [e for e in entries if e["type"] == "error" and e["data"]["where"] == "watchlist check"]
+    assert len(errors) == 1 and "day is out of range" in errors[0]["data"]["message"], errors
+    assert not [e for e in entries if e["type"] == "watchlist_deleted"], "the running list was taken down"
+    assert (tmp_path / "unit" / "state" / "watchlist" / "current.edgewl").exists()
+    assert [e["data"]["reason"] for e in entries if e["type"] == "service_stop"] == ["signal"]
