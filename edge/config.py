@@ -76,6 +76,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
                               "may raise an alert (0.001 = 1 in 1,000), converted into a threshold for the loaded "
                               "list's size with the calibration shipped with the model", 1e-9, 0.5),
+        "target_fpir_wanted": Option(0.0, float, "with score_normalisation: the target_fpir for 'wanted' subjects (the "
+                                     "threshold of this category is the loaded list's threshold at this rate); "
+                                     "0 = match.target_fpir", 0.0, 0.5),
+        "target_fpir_missing": Option(0.0, float, "with score_normalisation: the target_fpir for 'missing' subjects "
+                                      "(e.g. 0.01: a missing child is worth more false alarms than a suspect); "
+                                      "0 = match.target_fpir", 0.0, 0.5),
+        "target_fpir_vulnerable": Option(0.0, float, "with score_normalisation: the target_fpir for 'vulnerable' "
+                                         "subjects; 0 = match.target_fpir", 0.0, 0.5),
     },
     "unit": {
         "id": Option("", str, "this unit's id, as registered with the issuer (letters, digits, '-', '_')"),
@@ -116,6 +124,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "rejected_retention_hours": Option(24, int, "an alert an officer marked not a match (rejected) is deleted "
                                            "with its record this many hours after the decision (0 = at the next purge)", 0, 168),
         "max_crop_bytes": Option(32 * 1024, int, "largest JPEG carried in an alert, for the probe crop and for the reference thumbnail alike", 2048, 262144),
+        "max_context_bytes": Option(40 * 1024, int, "largest JPEG of an alert's context image (the scene around the "
+                                    "matched face, about 3 face widths by 4, every other face blurred)", 4096, 262144),
     },
     "privacy": {
         "audit_checkpoint_entries": Option(100, int, "a checkpoint signed with the unit key is appended to the audit log "
@@ -354,6 +364,15 @@ def validate(data: Any) -> Config:
                         for key, opt in options.items()}
     _cross_checks(values)
     return Config(values)
+
+
+def category_target_fpir(match_section) -> dict[str, float]:
+    """The target FPIR of each category (``match.target_fpir_<category>``, 0 = ``match.target_fpir``),
+    from a config's ``match`` section (a :class:`Section` or a mapping)."""
+    from edge.types import CATEGORIES
+    get = match_section.get if isinstance(match_section, Mapping) else (lambda k: getattr(match_section, k))
+    base = float(get("target_fpir"))
+    return {c: (float(get(f"target_fpir_{c}")) or base) for c in CATEGORIES}
 
 
 def _cross_checks(values: Mapping[str, Mapping[str, Any]]) -> None:

@@ -227,6 +227,11 @@ def _cats(summary: dict) -> str:
 
 def _unit_config(args):
     from edge.config import load_config, validate
+    from edge.errors import UsageError
+    if args.config is None and not (args.unit_id and args.device_key and args.trust and args.state_dir):
+        raise UsageError(f"watchlist {getattr(args, 'watchlist_command', '') or ''}: give --config FILE (the unit's configuration, "
+                         "e.g. --config /etc/edge-lfr/unit.yaml), or all of --unit-id, --device-key, --trust "
+                         "and --state-dir")
     cfg = load_config(args.config).as_dict()
     over = {"id": args.unit_id, "device_key": args.device_key, "trust_file": args.trust,
             "state_dir": args.state_dir, "device_key_passphrase_file": args.passphrase_file}
