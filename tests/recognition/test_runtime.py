@@ -147,3 +147,17 @@ def test_altered_edgetpu_file_is_refused_and_the_cpu_model_used(model_copy):
     m = open_model("dlib_resnet_v1_int8", model_copy)
     assert m.delegate == "cpu" and m.path.name == entry["file"]
     assert "refusing to load an altered" in m.delegate_reason
+
+
+def test_tflites_delegate_banner_is_kept_out_of_the_users_way_and_other_stderr_is_not():
+    import subprocess
+    import sys
+    code = ("import sys, os\n"
+            "from edge.recognition.runtime import open_model, _without_delegate_banner\n"
+            "open_model('dlib_resnet_v1_int8', None, threads=1)\n"
+            "with _without_delegate_banner():\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\nreal problem\\n')\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert "XNNPACK" not in r.stderr and "real problem" in r.stderr
