@@ -172,7 +172,7 @@ def _assemble(config, source, recognizers, state, unit, service_audit, *, bundle
         publisher.on_adjudication = service_audit.wrap_adjudication(record) if service_audit else record
         sink = publisher.submit
     else:
-        sink = OutboxSink(outbox, config.outbox.max_crop_bytes)
+        sink = OutboxSink(outbox, config.outbox.max_crop_bytes, config.outbox.max_context_bytes)
 
     hooks = [h for h in (service_audit.on_alert if service_audit else None, on_alert) if h is not None]
 

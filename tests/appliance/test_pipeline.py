@@ -264,9 +264,12 @@ def test_an_embedding_job_keeps_only_the_face_neighbourhood():
     img = np.zeros((1080, 1920, 3), np.uint8)
     kp = np.tile(np.array([[1000.0, 500.0]], np.float32), (6, 1))
     det = Detection((960.0, 460.0, 1040.0, 540.0), 0.9, kp)
-    job = embed_job(EmbedRequest(0, 1, det, 0.0, 1.0), Frame(0, 0.0, 0.0, 0.0, img))
-    assert job.patch.shape == (281, 281, 3) and job.offset == (860, 360)
+    job = embed_job(EmbedRequest(0, 1, det, 0.0, 1.0), Frame(0, 0.0, 0.0, 0.0, img), ((100.0, 100.0, 150.0, 150.0),))
+    # 1.25 face sizes around the face for the aligner, and down to the chest for the context image
+    # (3 face sizes wide, 4 tall from half a face above the head): 281 x 380, not the 6 MB frame
+    assert job.patch.shape == (380, 281, 3) and job.offset == (860, 360)
     assert job.frame.image.size == 0 and not np.shares_memory(job.patch, img)
+    assert job.faces == ((100.0, 100.0, 150.0, 150.0),) and job.frame_size == (1920, 1080)
 
 
 # --- the service ----------------------------------------------------------------------------
