@@ -124,7 +124,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "rejected_retention_hours": Option(24, int, "an alert an officer marked not a match (rejected) is deleted "
                                            "with its record this many hours after the decision (0 = at the next purge)", 0, 168),
         "max_crop_bytes": Option(32 * 1024, int, "largest JPEG carried in an alert, for the probe crop and for the reference thumbnail alike", 2048, 262144),
-        "max_context_bytes": Option(40 * 1024, int, "largest JPEG of an alert's context image (the scene around the "
+        "max_context_bytes": Option(24 * 1024, int, "largest JPEG of an alert's context image (the scene around the "
                                     "matched face, about 3 face widths by 4, every other face blurred)", 4096, 262144),
     },
     "privacy": {
