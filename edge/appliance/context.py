@@ -14,7 +14,9 @@ Which faces are "other": every box the pipeline knows of in that frame (each det
 live track's box, :func:`edge.appliance.preview.preview_boxes`) that is not the matched face
 itself; optionally (``detect``) also every face a detector finds in the region itself, which
 covers a face the frame's detection pass had not looked for yet. The matched face is recognised
-by overlap with its own detection box.
+by overlap with its own detection box, and the pixels inside that box are kept as they were (a
+stale track box of the same person, or a bystander's grown box, must not hide the face the alert
+is about).
 
 The image is made in memory from the embedding job's patch of the frame (which is cut large
 enough for it, :func:`edge.appliance.pipeline.embed_job`), only for a match, and handed to the
@@ -65,14 +67,16 @@ def _iou(a: Box, b: Box) -> float:
 
 def is_same_face(box: Box, matched: Box) -> bool:
     """Whether ``box`` is the matched face (its detection or its track's box): overlap of at least
-    :data:`SAME_FACE_IOU`, or its centre inside the matched box and sizes within a factor 2."""
+    :data:`SAME_FACE_IOU`, or the centre of either box inside the other (two faces cannot be seen
+    so much on top of each other)."""
     b = [float(v) for v in box]
     m = [float(v) for v in matched]
     if _iou(b, m) >= SAME_FACE_IOU:
         return True
-    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-    sb, sm = max(b[2] - b[0], b[3] - b[1]), max(m[2] - m[0], m[3] - m[1])
-    return m[0] <= cx <= m[2] and m[1] <= cy <= m[3] and 0.5 <= sb / max(sm, 1e-6) <= 2.0
+    def centre_in(p, q):
+        cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
+        return q[0] <= cx <= q[2] and q[1] <= cy <= q[3]
+    return centre_in(b, m) or centre_in(m, b)
 
 
 def context_image(patch: np.ndarray, offset: tuple[int, int], face_box: Box, other_boxes: Iterable[Box],
@@ -108,5 +112,13 @@ def context_image(patch: np.ndarray, offset: tuple[int, int], face_box: Box, oth
                 shifted.append(b)
     w, h = x1 - x0, y1 - y0
     inside = [b for b in shifted if b[2] > 0 and b[3] > 0 and b[0] < w and b[1] < h]
-    return redact(np.ascontiguousarray(region), [(b, False) for b in inside], mode="faces", max_width=None,
-                  draw_matches=False)
+    out = redact(np.ascontiguousarray(region), [(b, False) for b in inside], mode="faces", max_width=None,
+                 draw_matches=False)
+    # the matched face itself stays as the camera saw it: a grown box of a bystander beside it, or a
+    # stale track of the same person (a box predicted where the face was), must not hide it. The
+    # pixels inside the matched face's own detection box are that face's (the chip shows it too).
+    fx0, fy0 = max(0, int(np.floor(face_box[0] - x0))), max(0, int(np.floor(face_box[1] - y0)))
+    fx1, fy1 = min(w, int(np.ceil(face_box[2] - x0))), min(h, int(np.ceil(face_box[3] - y0)))
+    if fx1 > fx0 and fy1 > fy0:
+        out[fy0:fy1, fx0:fx1] = region[fy0:fy1, fx0:fx1]
+    return out

@@ -346,6 +346,10 @@ def test_demo_runs_end_to_end(tmp_path, faces_dir):
         need("openssl")
     except BrokerError as exc:
         pytest.skip(str(exc))
+    alerts = tmp_path / "demo" / "alerts"
+    alerts.mkdir(parents=True)
+    (alerts / "S-OLD-0000-probe.jpg").write_bytes(b"a previous run's")      # gone after this run
+    (alerts / "notes.txt").write_text("not the demo's")                      # left alone
     out = io.StringIO()
     with redirect_stdout(out):
         code = main(["demo", "--out", str(tmp_path / "demo"), "--faces", str(faces_dir), "--fast"])
@@ -353,8 +357,15 @@ def test_demo_runs_end_to_end(tmp_path, faces_dir):
     assert code == 0, text
     n = int(text.split(" alert(s) raised")[0].rsplit(";", 1)[-1])
     assert f"{n} received over MQTT" in text and n >= 2
-    assert len(list((tmp_path / "demo" / "alerts").glob("*-probe.jpg"))) == n
+    for kind in ("context", "probe", "reference"):
+        assert len(list(alerts.glob(f"*-{kind}.jpg"))) == n, kind
+    assert not (alerts / "S-OLD-0000-probe.jpg").exists() and (alerts / "notes.txt").exists()
     assert (tmp_path / "demo" / "demo-scene.avi").stat().st_size > 100_000
+    # readable in an 80-column terminal (a line longer than that is one unbreakable word, e.g. a path)
+    long = [ln for ln in text.splitlines() if len(ln) > 80 and " " in ln.strip()[:80]]
+    assert not long, long[:3]
+    flat = " ".join(ln.strip() for ln in text.splitlines())
+    assert "beyond the calibrated range" in flat or "passers-by not on the list" in flat
 
 
 class _NoFrames:
