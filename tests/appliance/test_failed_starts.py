@@ -70,7 +70,7 @@ def test_a_start_that_fails_gets_an_error_and_exactly_one_stop_with_its_exit_cod
     kinds = [e["type"] for e in entries if e["type"] in ("service_start", "error", "service_stop")]
     assert kinds == ["service_start", "error", "service_stop"] * 2
     stops = [e["data"] for e in entries if e["type"] == "service_stop"]
-    assert all(s["exit_code"] == 78 and "MQTT set-up" in s["reason"] and "ConfigError" in s["reason"] for s in stops)
+    assert all(s["exit_code"] == 78 and "start-up" in s["reason"] and "ConfigError" in s["reason"] for s in stops)
     errors = [e["data"] for e in entries if e["type"] == "error"]
     assert all(e["error"] == "ConfigError" and "missing-ca.crt" in e["message"] for e in errors)
     assert verify(Path(tu.config.unit.state_dir) / "audit" / "audit.jsonl", tu.device.private_ed25519
