@@ -74,7 +74,7 @@ def make_alert(unit: str = UNIT, n: int = 0, **kw) -> dict:
     ctx = AlertContext(unit, "op-2025-001", "bundle-7", 7, SHA)
     now = time.time()
     args = dict(track_id=n, first_seen=now - 1.5, probe_crop=PROBE, reference=REFERENCE,
-                max_image_bytes=8192, context_image=CONTEXT, max_context_bytes=32768, alerted_at=now,
+                max_image_bytes=8192, context_image=CONTEXT, max_context_bytes=16384, alerted_at=now,
                 calibrated=CALIBRATED)
     args.update(kw)
     return build_alert(match, ctx, **args)
