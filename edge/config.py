@@ -69,8 +69,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "threshold_vulnerable": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
         "top_k": Option(5, int, "candidates returned per probe", 1, 100),
         "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.matching.normalise: a look-alike of "
-                                      "many people needs a higher raw cosine) and calibrated scores; every category's "
-                                      "threshold then comes from target_fpir and the loaded list's size, and the "
+                                      "many people needs a higher raw cosine) and calibrated scores; each category's "
+                                      "threshold then comes from its target_fpir_<category> (default target_fpir) and "
+                                      "the loaded list's size, and the "
                                       "threshold_<category> cosines are not used (edge.matching.factory.build_matcher). "
                                       "false: raw cosine and threshold_<category>"),
         "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
@@ -142,7 +143,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                  "(a place name, never personal data)"),
         "calibrated_fpir": Option(0.01, float, "with match.score_normalisation false: the false-positive identification "
                                   "rate per passer-by the threshold_<category> cosines were calibrated for, stated in "
-                                  "deployment reports (with normalisation the report states match.target_fpir)", 0.0, 1.0),
+                                  "deployment reports (with normalisation the report states match.target_fpir and the per-category targets)", 0.0, 1.0),
         "calibration_reference": Option("lfw-dev, ~800 listed people", str, "with match.score_normalisation false: what "
                                         "that calibration was measured on, stated in deployment reports"),
         "preview_port": Option(0, int, "operator preview on http://127.0.0.1:PORT (0 = off): loopback only, every face "
