@@ -126,6 +126,12 @@ P="${ROOT%/}"   # prefix for every path written: "" on a real system
 if [ "$INSTALL" = 1 ] && [ -n "$P" ]; then
   usage_error "--root $ROOT needs --no-install (a venv works only at the path where it was made)"
 fi
+if [ -n "$P" ]; then
+  # the service account is added to the image's own account files, never the host's
+  for f in passwd group; do
+    [ -f "$P/etc/$f" ] || usage_error "--root $ROOT has no etc/$f: --root must be an unpacked image's root file system (holding its etc/passwd, etc/group, etc/shadow, etc/gshadow), e.g. 'mkdir -p $ROOT/etc && cp /etc/{passwd,group,shadow,gshadow} $ROOT/etc/' for a test tree, or the mounted root partition of a Raspberry Pi OS image"
+  done
+fi
 [ -e "$SRC" ] || usage_error "--wheel-or-src $SRC: not found"
 SRC="$(cd "$(dirname "$SRC")" && pwd -P)/$(basename "$SRC")"
 [ -f "$MODELS_SRC/manifest.json" ] || usage_error "--models $MODELS_SRC: no manifest.json there"
@@ -253,7 +259,7 @@ fi
 # chroot, the host's own accounts are never touched).
 PREFIX_ARGS=()
 [ -z "$P" ] || PREFIX_ARGS=(--prefix "$ROOT")
-for f in passwd group; do [ -f "$P/etc/$f" ] || die "$P/etc/$f not found"; done
+for f in passwd group; do [ -f "$P/etc/$f" ] || die "$P/etc/$f not found (a system without account files?)"; done
 if ! grep -q "^$SVC:" "$P/etc/group"; then
   groupadd --system ${PREFIX_ARGS[@]+"${PREFIX_ARGS[@]}"} "$SVC"
   did "created group $SVC"

@@ -80,13 +80,22 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "threshold_vulnerable": Option(0.95, float, "with score_normalisation false: the raw cosine at or above which a 'vulnerable' entry alerts", -1.0, 1.0),
         "top_k": Option(5, int, "candidates returned per probe", 1, 100),
         "score_normalisation": Option(True, bool, "score with the model's background cohort (edge.matching.normalise: a look-alike of "
-                                      "many people needs a higher raw cosine) and calibrated scores; every category's "
-                                      "threshold then comes from target_fpir and the loaded list's size, and the "
+                                      "many people needs a higher raw cosine) and calibrated scores; each category's "
+                                      "threshold then comes from its target_fpir_<category> (default target_fpir) and "
+                                      "the loaded list's size, and the "
                                       "threshold_<category> cosines are not used (edge.matching.factory.build_matcher). "
                                       "false: raw cosine and threshold_<category>"),
         "target_fpir": Option(0.001, float, "with score_normalisation: the fraction of passers-by who are on no list that "
                               "may raise an alert (0.001 = 1 in 1,000), converted into a threshold for the loaded "
                               "list's size with the calibration shipped with the model", 1e-9, 0.5),
+        "target_fpir_wanted": Option(0.0, float, "with score_normalisation: the target_fpir for 'wanted' subjects (the "
+                                     "threshold of this category is the loaded list's threshold at this rate); "
+                                     "0 = match.target_fpir", 0.0, 0.5),
+        "target_fpir_missing": Option(0.0, float, "with score_normalisation: the target_fpir for 'missing' subjects "
+                                      "(e.g. 0.01: a missing child is worth more false alarms than a suspect); "
+                                      "0 = match.target_fpir", 0.0, 0.5),
+        "target_fpir_vulnerable": Option(0.0, float, "with score_normalisation: the target_fpir for 'vulnerable' "
+                                         "subjects; 0 = match.target_fpir", 0.0, 0.5),
     },
     "unit": {
         "id": Option("", str, "this unit's id, as registered with the issuer (letters, digits, '-', '_')"),
@@ -134,6 +143,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
                               "(alerts may then be refused: outbox_refused; the service keeps running and "
                               "publishing what it holds)", 0, 1_000_000),
         "max_crop_bytes": Option(32 * 1024, int, "largest JPEG carried in an alert, for the probe crop and for the reference thumbnail alike", 2048, 262144),
+        "max_context_bytes": Option(24 * 1024, int, "largest JPEG of an alert's context image (the scene around the "
+                                    "matched face, about 3 face widths by 4, every other face blurred)", 4096, 262144),
     },
     "privacy": {
         "audit_checkpoint_entries": Option(100, int, "a checkpoint signed with the unit key is appended to the audit log "
@@ -150,7 +161,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                  "(a place name, never personal data)"),
         "calibrated_fpir": Option(0.01, float, "with match.score_normalisation false: the false-positive identification "
                                   "rate per passer-by the threshold_<category> cosines were calibrated for, stated in "
-                                  "deployment reports (with normalisation the report states match.target_fpir)", 0.0, 1.0),
+                                  "deployment reports (with normalisation the report states match.target_fpir and the per-category targets)", 0.0, 1.0),
         "calibration_reference": Option("lfw-dev, ~800 listed people", str, "with match.score_normalisation false: what "
                                         "that calibration was measured on, stated in deployment reports"),
         "preview_port": Option(0, int, "operator preview on http://127.0.0.1:PORT (0 = off): loopback only, every face "
@@ -382,6 +393,15 @@ def validate(data: Any) -> Config:
                         for key, opt in options.items()}
     _cross_checks(values)
     return Config(values)
+
+
+def category_target_fpir(match_section) -> dict[str, float]:
+    """The target FPIR of each category (``match.target_fpir_<category>``, 0 = ``match.target_fpir``),
+    from a config's ``match`` section (a :class:`Section` or a mapping)."""
+    from edge.types import CATEGORIES
+    get = match_section.get if isinstance(match_section, Mapping) else (lambda k: getattr(match_section, k))
+    base = float(get("target_fpir"))
+    return {c: (float(get(f"target_fpir_{c}")) or base) for c in CATEGORIES}
 
 
 def _cross_checks(values: Mapping[str, Mapping[str, Any]]) -> None:

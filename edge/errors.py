@@ -29,3 +29,9 @@ class WatchlistError(EdgeError, ValueError):
     """A watchlist that is empty, malformed or inconsistent."""
 
     exit_code = 65
+
+
+class UsageError(EdgeError, ValueError):
+    """The command line lacks something it needs (e.g. ``--config``): exit 2, like argparse."""
+
+    exit_code = 2  # EX_USAGE of the shell convention argparse follows

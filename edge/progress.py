@@ -49,6 +49,7 @@ class Progress:
         self.width = width
         self.unit = unit
         self.count = 0
+        self.skipped = 0          # items counted but not worked on (missing files...): not in the rate
         self.start = time.monotonic()
         self._last_draw = 0.0
         self._closed = False
@@ -60,14 +61,16 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        """Items per second since the start (0 before the first item)."""
+        """Items worked on per second since the start (0 before the first; skipped items, which
+        took no work, are not counted)."""
         e = self.elapsed
-        return self.count / e if e > 0 and self.count else 0.0
+        done = self.count - self.skipped
+        return done / e if e > 0 and done > 0 else 0.0
 
     @property
     def eta(self) -> float:
         """Seconds left at the mean rate so far (inf when unknown)."""
-        if not self.total or not self.count:
+        if not self.total or self.count <= self.skipped:
             return float("inf")
         return max(0, self.total - self.count) / self.rate if self.rate > 0 else float("inf")
 
@@ -82,7 +85,10 @@ class Progress:
             parts.append(f"{self.count}/{self.total} ({100 * frac:.0f}%)")
         else:
             parts.append(f"{self.count}")
-        parts.append(f"{self.rate:.1f} {self.unit}/s")
+        if self.count > self.skipped:
+            parts.append(f"{self.rate:.1f} {self.unit}/s")
+        if self.skipped:
+            parts.append(f"({self.skipped} skipped)")
         if self._closed:
             parts.append(f"in {format_duration(self.elapsed)}")
         elif self.total:
@@ -102,9 +108,12 @@ class Progress:
         except (OSError, ValueError):
             self.enabled = False  # closed or broken stream: stop drawing, never fail the work
 
-    def update(self, n: int = 1) -> None:
-        """Record ``n`` more finished items; redraw if enough time has passed."""
+    def update(self, n: int = 1, skipped: bool = False) -> None:
+        """Record ``n`` more finished items (``skipped``: counted, but not in the rate); redraw if
+        enough time has passed."""
         self.count += n
+        if skipped:
+            self.skipped += n
         now = time.monotonic()
         if now - self._last_draw >= self.interval:
             self._last_draw = now

@@ -134,3 +134,29 @@ def _raises(fn) -> str:
     except ConfigError as exc:
         return str(exc)
     raise AssertionError("no ConfigError")
+
+
+def test_one_name_for_the_unit_config_and_its_mqtt_files_everywhere():
+    """deploy/config/unit.yaml, the provisioned config, the option defaults, the CLI help and the docs
+    all name the same files: /etc/edge-lfr/unit.yaml and /etc/edge-lfr/mqtt/unit.{crt,key}."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    example = yaml.safe_load((repo / "deploy/config/unit.yaml").read_text())
+    provisioned = (repo / "deploy/provision/unit.yaml.in").read_text()
+    defaults = validate({}).mqtt
+    for key in ("ca_file", "cert_file", "key_file"):
+        assert example["mqtt"][key] == getattr(defaults, key)
+        assert f"{key}: {getattr(defaults, key)}" in provisioned
+    texts = [p for d in ("docs", "edge", "deploy", "systemd") for p in (repo / d).rglob("*")
+             if p.is_file() and p.suffix in (".md", ".py", ".sh", ".yaml", ".in", ".service", ".timer")]
+    texts.append(repo / "README.md")
+    for p in texts:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        names = {n for n in re.findall(r"/etc/edge-lfr/[A-Za-z0-9_.-]+\.yaml", text)
+                 if not n.endswith(".unit.yaml")}        # <unit id>.unit.yaml: the public registration file
+        assert names <= {"/etc/edge-lfr/unit.yaml", "/etc/edge-lfr/trust.yaml"}, (p, names)
+        assert not re.search(r"/etc/edge-lfr/mqtt/(?!ca\.crt|unit\.crt|unit\.key|unit\.csr)[A-Za-z0-9_.-]+", text), p

@@ -18,8 +18,10 @@ from edge.alerts.schema import (
     ADJUDICATION_SCHEMA,
     ADJUDICATION_SCHEMA_V2,
     ADJUDICATION_V2,
+    ALERT_SCHEMA_VERSION,
+    CONTEXT_MAX_SIDE,
     IMAGE_MAX_SIDE,
-    SCHEMA_VERSION,
+
     AdjudicationError,
     AlertError,
     check,
@@ -73,13 +75,17 @@ class AlertContext:
 
 def build_alert(match: Match, context: AlertContext, *, track_id: int, first_seen: float | datetime,
                 probe_crop: np.ndarray | bytes, reference: np.ndarray | bytes, max_image_bytes: int,
+                context_image: np.ndarray | bytes, max_context_bytes: int | None = None,
                 alerted_at: float | datetime | None = None, event_id: str | None = None,
                 calibrated: Mapping[str, Any] | None = None) -> dict:
     """The alert dict for one match (validated against :data:`ALERT_SCHEMA`).
 
     ``probe_crop`` is the face crop of the probe (e.g. ``Face.chip``, RGB uint8) and
     ``reference`` the subject's watchlist reference image (RGB array or JPEG/PNG bytes); both
-    are re-encoded as JPEGs of at most ``max_image_bytes``. ``calibrated``: the score's
+    are re-encoded as JPEGs of at most ``max_image_bytes``. ``context_image``: the camera's view
+    around the matched face **with every other face already blurred**
+    (:func:`edge.appliance.context.context_image`), re-encoded as a JPEG of at most
+    ``max_context_bytes`` (default ``max_image_bytes``), longest side :data:`CONTEXT_MAX_SIDE`. ``calibrated``: the score's
     calibrated meaning (``Matcher.meaning(match)``), carried when given. A match below its
     threshold is refused: only match events leave the unit.
     """
@@ -89,8 +95,10 @@ def build_alert(match: Match, context: AlertContext, *, track_id: int, first_see
     if alerted_at is None:
         alerted_at = datetime.now(timezone.utc)
     margin = float(match.margin)
+    if max_context_bytes is None:
+        max_context_bytes = max_image_bytes
     alert = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": ALERT_SCHEMA_VERSION,
         "event_id": event_id or str(uuid.uuid4()),
         "unit_id": context.unit_id,
         "operation_id": context.operation_id,
@@ -104,12 +112,14 @@ def build_alert(match: Match, context: AlertContext, *, track_id: int, first_see
         "track_id": int(track_id),
         "first_seen": format_utc_ms(first_seen, AlertError),
         "alerted_at": format_utc_ms(alerted_at, AlertError),
+        "context_jpeg": base64.b64encode(jpeg_capped(context_image, max_context_bytes,
+                                                     CONTEXT_MAX_SIDE)).decode("ascii"),
         "probe_jpeg": base64.b64encode(jpeg_capped(probe_crop, max_image_bytes)).decode("ascii"),
         "reference_jpeg": base64.b64encode(jpeg_capped(reference, max_image_bytes)).decode("ascii"),
         "model_sha256": context.model_sha256,
     }
     alert["calibrated"] = dict(calibrated) if calibrated is not None else None
-    return validate_alert(alert, max_image_bytes)
+    return validate_alert(alert, max_image_bytes, max_context_bytes)
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -120,6 +130,12 @@ def encode(message: Mapping[str, Any]) -> bytes:
 def alert_images(alert: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """(probe JPEG bytes, reference JPEG bytes) of a validated alert."""
     return base64.b64decode(alert["probe_jpeg"]), base64.b64decode(alert["reference_jpeg"])
+
+
+def context_jpeg(alert: Mapping[str, Any]) -> bytes | None:
+    """The context image's JPEG bytes of a validated alert (None for a version 1 alert)."""
+    c = alert.get("context_jpeg")
+    return base64.b64decode(c) if c else None
 
 
 # --- inbound adjudications ----------------------------------------------------------------

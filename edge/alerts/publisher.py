@@ -143,6 +143,7 @@ class AlertPublisher:
         self.on_delivered = on_delivered
         self.window = int(m.max_inflight)
         self.max_image_bytes = int(cfg.outbox.max_crop_bytes)
+        self.max_context_bytes = int(cfg.outbox.max_context_bytes)
 
         self._events: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -271,7 +272,7 @@ class AlertPublisher:
     def submit(self, alert: Mapping[str, Any]) -> int:
         """Validate an alert, commit it to the outbox (durable before anything is sent) and wake
         the pump. Returns the outbox seq. Raises AlertError or OutboxFull (never drops older ones)."""
-        message_schema.validate_alert(alert, self.max_image_bytes)
+        message_schema.validate_alert(alert, self.max_image_bytes, self.max_context_bytes)
         if alert["unit_id"] != self.unit_id:
             raise message_schema.AlertError(f"alert is for unit {alert['unit_id']!r}, this unit is {self.unit_id!r}")
         seq = self.outbox.enqueue(alert["event_id"], alerts.encode(alert))

@@ -2,7 +2,8 @@
 
 Only four kinds of message ever leave a unit (see ``docs/alerts.md``):
 
-* an **alert** (``lfr/<unit>/alert``): one match event, :data:`ALERT_SCHEMA`;
+* an **alert** (``lfr/<unit>/alert``): one match event, :data:`ALERT_SCHEMA` (version 2: the
+  aligned face chip, the watchlist image and a context image with every other face blurred);
 * its **status** (``lfr/<unit>/status``): the plain strings ``online`` / ``offline``;
 * its **health** (``lfr/<unit>/health``): :data:`HEALTH_SCHEMA`;
 * the **acknowledgement** of an adjudication (``lfr/<unit>/adjudication/ack``):
@@ -35,10 +36,16 @@ from edge.errors import EdgeError
 from edge.types import CATEGORIES, UNIT_ID_PATTERN
 
 SCHEMA_VERSION = 1
-#: Largest JPEG an alert may carry in any configuration (the cap of ``outbox.max_crop_bytes``).
+#: Version of the alert schema a unit sends (2: with the context image). Version 1 alerts (no
+#: context image), e.g. still in an outbox from before an upgrade, remain valid and deliverable.
+ALERT_SCHEMA_VERSION = 2
+#: Largest JPEG an alert may carry in any configuration (the cap of ``outbox.max_crop_bytes``
+#: and of ``outbox.max_context_bytes``).
 MAX_IMAGE_BYTES_LIMIT = 262144
 #: Longest side of the probe crop and of the reference thumbnail, in pixels.
 IMAGE_MAX_SIDE = 256
+#: Longest side of the context image, in pixels (a phone shows it across its width).
+CONTEXT_MAX_SIDE = 480
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
 ADJUDICATION_DECISIONS = ("confirmed", "rejected")
@@ -78,18 +85,19 @@ def _jpeg(desc: str) -> dict:
 
 ALERT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "urn:edge-lfr:schema:alert:1",
-    "title": "edge-lfr match alert, schema version 1",
+    "$id": "urn:edge-lfr:schema:alert:2",
+    "title": "edge-lfr match alert, schema version 2",
     "description": "One match event published by a unit on <prefix>/<unit>/alert (QoS 1, not retained). "
-                   "Consumers de-duplicate by event_id. Nothing else about the scene is carried: no full "
-                   "frame and no data about any other face.",
+                   "Consumers de-duplicate by event_id. Of the scene only the region around the matched "
+                   "person travels (context_jpeg), with every other face in it blurred on the unit: no full "
+                   "frame and no recognisable data about any other face.",
     "type": "object",
     "additionalProperties": False,
     "required": ["schema_version", "event_id", "unit_id", "operation_id", "bundle_id", "bundle_serial",
                  "subject_id", "category", "score", "threshold", "margin", "track_id", "first_seen",
-                 "alerted_at", "probe_jpeg", "reference_jpeg", "model_sha256", "calibrated"],
+                 "alerted_at", "context_jpeg", "probe_jpeg", "reference_jpeg", "model_sha256", "calibrated"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION, "description": "version of this schema"},
+        "schema_version": {"const": ALERT_SCHEMA_VERSION, "description": "version of this schema"},
         "event_id": {"type": "string", "format": "uuid", "pattern": _UUID,
                      "description": "random UUID of this match event, fixed when the alert is made; the "
                                     "de-duplication key (an alert may arrive more than once, never with "
@@ -125,7 +133,8 @@ ALERT_SCHEMA: dict[str, Any] = {
                 "watchlist_size": {"type": "integer", "minimum": 1, "maximum": 10000000,
                                    "description": "subjects in the loaded list"},
                 "target_fpir": {"type": "number", "minimum": 0, "maximum": 1,
-                                "description": "the operator's false-alarm target (match.target_fpir) the "
+                                "description": "the operator's false-alarm target for the subject's category "
+                                               "(match.target_fpir_<category>, default match.target_fpir) the "
                                                "threshold was set from"},
                 "supported": {"type": "boolean",
                               "description": "false when the rate is rarer than the calibration measured "
@@ -142,14 +151,35 @@ ALERT_SCHEMA: dict[str, Any] = {
                      "description": "the unit's id of the face track that produced the match"},
         "first_seen": _ts("UTC time the track was first seen (ISO 8601, Z)"),
         "alerted_at": _ts("UTC time the alert was made (ISO 8601, Z)"),
-        "probe_jpeg": _jpeg("the probe face crop: a small JPEG (longest side <= 256 px, at most "
-                            "outbox.max_crop_bytes bytes), base64"),
+        "context_jpeg": _jpeg("the camera's view around the matched face (about 3 face widths wide and 4 "
+                              "tall, clipped to the frame; longest side <= 480 px, at most "
+                              "outbox.max_context_bytes bytes), every other face in it blurred on the unit "
+                              "(edge.appliance.context), base64"),
+        "probe_jpeg": _jpeg("the probe face crop: the aligned face chip that matched (longest side <= 256 px, "
+                            "at most outbox.max_crop_bytes bytes), base64"),
         "reference_jpeg": _jpeg("the subject's watchlist reference thumbnail: JPEG re-encoded on the unit "
                                 "(no metadata), same caps, base64"),
         "model_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
                          "description": "sha256 of the embedding model file that produced the score"},
     },
 }
+
+def _alert_schema_v1() -> dict[str, Any]:
+    """Version 1 of the alert schema (no context image): still accepted, never sent."""
+    import copy
+    v1 = copy.deepcopy(ALERT_SCHEMA)
+    v1["$id"] = "urn:edge-lfr:schema:alert:1"
+    v1["title"] = "edge-lfr match alert, schema version 1"
+    v1["description"] = ("One match event published by a unit on <prefix>/<unit>/alert (QoS 1, not retained). "
+                         "Consumers de-duplicate by event_id. Nothing else about the scene is carried: no full "
+                         "frame and no data about any other face. Superseded by version 2 (context image).")
+    v1["required"] = [k for k in v1["required"] if k != "context_jpeg"]
+    del v1["properties"]["context_jpeg"]
+    v1["properties"]["schema_version"]["const"] = 1
+    return v1
+
+
+ALERT_SCHEMA_V1: dict[str, Any] = _alert_schema_v1()
 
 ADJUDICATION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -270,7 +300,7 @@ HEALTH_SCHEMA: dict[str, Any] = {
     },
 }
 
-SCHEMAS = {"alert": ALERT_SCHEMA, "adjudication": ADJUDICATION_SCHEMA, "adjudication-v2": ADJUDICATION_SCHEMA_V2,
+SCHEMAS = {"alert": ALERT_SCHEMA, "alert-v1": ALERT_SCHEMA_V1, "adjudication": ADJUDICATION_SCHEMA, "adjudication-v2": ADJUDICATION_SCHEMA_V2,
            "adjudication-ack": ADJUDICATION_ACK_SCHEMA, "health": HEALTH_SCHEMA}
 
 
@@ -384,13 +414,18 @@ def _jpeg_field(alert: Mapping[str, Any], key: str, max_bytes: int) -> list[str]
     return []
 
 
-def validate_alert(alert: Any, max_image_bytes: int = MAX_IMAGE_BYTES_LIMIT) -> dict:
-    """Return ``alert`` if it satisfies :data:`ALERT_SCHEMA` and its images are JPEGs within
-    ``max_image_bytes``; else raise :class:`AlertError` listing every problem."""
-    errors = check(alert, ALERT_SCHEMA)
+def validate_alert(alert: Any, max_image_bytes: int = MAX_IMAGE_BYTES_LIMIT,
+                   max_context_bytes: int = MAX_IMAGE_BYTES_LIMIT) -> dict:
+    """Return ``alert`` if it satisfies :data:`ALERT_SCHEMA` (or :data:`ALERT_SCHEMA_V1`, without a
+    context image) and its images are JPEGs within ``max_image_bytes`` (the context image within
+    ``max_context_bytes``); else raise :class:`AlertError` listing every problem."""
+    v1 = isinstance(alert, dict) and alert.get("schema_version") == 1 and type(alert.get("schema_version")) is int
+    errors = check(alert, ALERT_SCHEMA_V1 if v1 else ALERT_SCHEMA)
     if isinstance(alert, dict):
         for key in ("probe_jpeg", "reference_jpeg"):
             errors += _jpeg_field(alert, key, max_image_bytes)
+        if not v1:
+            errors += _jpeg_field(alert, "context_jpeg", max_context_bytes)
         if not errors and alert["score"] < alert["threshold"]:
             errors.append("$.score: below the threshold: only match events may leave the unit")
     if errors:

@@ -39,6 +39,8 @@ class EmbedJob:
     frame: Frame                      # the frame's metadata; its image is dropped (see embed_job)
     patch: np.ndarray = field(repr=False)
     offset: tuple[int, int] = (0, 0)
+    faces: tuple = ()                 # every face box the pipeline knew of in that frame (frame pixels)
+    frame_size: tuple[int, int] = (0, 0)   # (width, height) of the frame
 
 
 #: An embedding job keeps this many face widths of context on each side of the face box:
@@ -46,17 +48,21 @@ class EmbedJob:
 JOB_CONTEXT = 1.25
 
 
-def embed_job(request: EmbedRequest, frame: Frame) -> EmbedJob:
+def embed_job(request: EmbedRequest, frame: Frame, faces: tuple = ()) -> EmbedJob:
     """Cut the neighbourhood of the request's face out of the frame (a copy), so the 6 MB frame
-    itself can go as soon as detection is done."""
+    itself can go as soon as detection is done. The patch also covers the face's context region
+    (:func:`edge.appliance.context.context_region`: the alert's context image, should this face
+    match); ``faces``: every face box known in the frame, blurred in that image."""
+    from edge.appliance.context import context_region
     x0, y0, x1, y1 = request.detection.box
     pad = JOB_CONTEXT * max(x1 - x0, y1 - y0)
     h, w = frame.image.shape[:2]
-    cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
-    cx1, cy1 = int(min(w, x1 + pad + 1)), int(min(h, y1 + pad + 1))
+    rx0, ry0, rx1, ry1 = context_region(request.detection.box, w, h)
+    cx0, cy0 = int(max(0, min(x0 - pad, rx0))), int(max(0, min(y0 - pad, ry0)))
+    cx1, cy1 = int(min(w, max(x1 + pad + 1, rx1))), int(min(h, max(y1 + pad + 1, ry1)))
     patch = np.ascontiguousarray(frame.image[cy0:cy1, cx0:cx1])
     meta = Frame(frame.seq, frame.t, frame.captured, frame.wall, _NO_IMAGE)
-    return EmbedJob(request, meta, patch, (cx0, cy0))
+    return EmbedJob(request, meta, patch, (cx0, cy0), tuple(faces), (w, h))
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
@@ -90,6 +96,7 @@ class AlertJob:
     track_id: int
     first_seen_wall: float
     crop: np.ndarray = field(repr=False)
+    context: np.ndarray = field(repr=False)   # the scene around the face, every other face already blurred
     frame_seq: int
     t: float
     captured: float

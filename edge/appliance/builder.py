@@ -123,7 +123,18 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
     service_audit = None
     if audit:
         service_audit = ServiceAudit.start(config, unit=unit, model_sha256=embedder, version=version)
+    try:
+        return _assemble(config, source, recognizers, state, unit, service_audit, bundle=bundle, restore=restore,
+                         publish=publish, preview=preview, on_alert=on_alert, unit_id=unit_id,
+                         max_frames=max_frames, keep_events=keep_events, say=say)
+    except BaseException as exc:
+        if service_audit is not None:     # a start on record gets its error and exactly one stop
+            service_audit.failed_start(exc)
+        raise
 
+
+def _assemble(config, source, recognizers, state, unit, service_audit, *, bundle, restore, publish, preview,
+              on_alert, unit_id, max_frames, keep_events, say) -> Appliance:
     if bundle is not None:
         live = unit.load(bundle)
         if service_audit is not None:
@@ -158,14 +169,18 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
     outbox = Outbox(state / OUTBOX_FILENAME, max_pending=config.outbox.max_pending)
     publisher = None
     if publish:
-        publisher = AlertPublisher(config, outbox=outbox)
+        try:
+            publisher = AlertPublisher(config, outbox=outbox)
+        except BaseException:
+            outbox.close()
+            raise
         record = AdjudicationRecords(outbox).record
         publisher.on_adjudication = service_audit.wrap_adjudication(record) if service_audit else record
         if service_audit is not None:
             service_audit.attach_publisher(publisher)
         sink = publisher.submit
     else:
-        sink = OutboxSink(outbox, config.outbox.max_crop_bytes)
+        sink = OutboxSink(outbox, config.outbox.max_crop_bytes, config.outbox.max_context_bytes)
 
     hooks = [h for h in (service_audit.on_alert if service_audit else None, on_alert) if h is not None]
 

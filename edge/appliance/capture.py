@@ -48,6 +48,13 @@ class CaptureError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
+class FootageError(CaptureError):
+    """A local video file or image folder that cannot be replayed (missing, empty, not a video,
+    corrupt): bad input data, exit 65, not a camera failure (74) that a restart could cure."""
+
+    exit_code = 65  # EX_DATAERR
+
+
 def _ffmpeg_local_only() -> None:
     """Restrict OpenCV's FFmpeg back end to local files (defence in depth: a file name that is
     really a URL, or a container that references one, is not fetched)."""
@@ -219,15 +226,15 @@ class FileSource(FrameSource):
         if p.is_dir():
             self.images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not self.images:
-                raise CaptureError(f"{p}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+                raise FootageError(f"{p}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             self.kind = "images"
         elif p.is_file():
             if p.suffix.lower() not in VIDEO_EXTENSIONS:
-                raise CaptureError(f"{p}: not a video file this unit replays (extensions: {' '.join(VIDEO_EXTENSIONS)})")
+                raise FootageError(f"{p}: not a video file this unit replays (extensions: {' '.join(VIDEO_EXTENSIONS)})")
             self.images = []
             self.kind = "video"
         else:
-            raise CaptureError(f"{p}: no such video file or image folder")
+            raise FootageError(f"{p}: no such video file or image folder")
         self.path = p
         self.pace = pace
         self.live = pace == "realtime"
@@ -253,7 +260,7 @@ class FileSource(FrameSource):
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
-            raise CaptureError(f"{self.path}: cannot open this video file (corrupt or unsupported codec)")
+            raise FootageError(f"{self.path}: cannot open this video file (corrupt or unsupported codec)")
         return cap
 
     def _one_pass(self) -> Iterator[np.ndarray]:

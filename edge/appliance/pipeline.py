@@ -42,6 +42,7 @@ from edge.alerts import message as alerts
 from edge.alerts import schema as message_schema
 from edge.appliance.board import AlertEvent, AlertJob, DetectResult, EmbedJob, EmbedResult, Frame, WorkBoard, embed_job
 from edge.appliance.metrics import RateMeter, StageTimes, read_cpu_temperature
+from edge.appliance.context import context_image
 from edge.appliance.preview import preview_boxes
 from edge.appliance.track import Tracker, TrackParams, quality_weight
 from edge.errors import EdgeError
@@ -84,12 +85,14 @@ class OutboxSink:
     """Commits alerts to an :class:`~edge.alerts.outbox.Outbox` (replays and benches without a broker;
     the service uses :meth:`AlertPublisher.submit`, which does the same and then publishes)."""
 
-    def __init__(self, outbox, max_image_bytes: int):
+    def __init__(self, outbox, max_image_bytes: int, max_context_bytes: int | None = None):
         self.outbox = outbox
         self.max_image_bytes = max_image_bytes
+        self.max_context_bytes = (max_context_bytes if max_context_bytes is not None
+                                  else message_schema.MAX_IMAGE_BYTES_LIMIT)
 
     def __call__(self, alert: Mapping[str, Any]) -> int:
-        message_schema.validate_alert(alert, self.max_image_bytes)
+        message_schema.validate_alert(alert, self.max_image_bytes, self.max_context_bytes)
         return self.outbox.enqueue(alert["event_id"], alerts.encode(alert))
 
     def stats(self) -> dict:
@@ -395,8 +398,9 @@ class Pipeline:
         if self.preview is not None:  # every face not a current match is blurred there (edge/appliance/preview.py)
             self.preview.update(r.frame.image, preview_boxes(r.detections, self._snapshot))
         queued = 0
+        faces = tuple(b.box for b in preview_boxes(r.detections, self._snapshot)) if upd.embed_requests else ()
         for req in upd.embed_requests:
-            if self.board.put_job(embed_job(req, r.frame)):
+            if self.board.put_job(embed_job(req, r.frame, faces)):
                 queued += 1
             else:
                 self.tracker.embed_failed(req.key)
@@ -443,8 +447,13 @@ class Pipeline:
         first_t = self.tracker.first_seen(req.key)
         first_t = frame.t if first_t is None else first_t
         crop = self.tracker.crop(req.key)
+        try:   # every other face blurred here, before the image leaves this thread (edge/appliance/context.py)
+            scene = context_image(r.job.patch, r.job.offset, req.detection.box, r.job.faces, r.job.frame_size)
+        except ValueError as exc:  # pragma: no cover - the patch always holds the face
+            log.error("no context image for track %d: %s", out.track_id, exc)
+            scene = crop if crop is not None else r.chip
         job = AlertJob(m, live, out.track_id, frame.wall - max(0.0, frame.t - first_t),
-                       crop if crop is not None else r.chip, frame.seq, frame.t, frame.captured,
+                       crop if crop is not None else r.chip, scene, frame.seq, frame.t, frame.captured,
                        tuple(req.detection.box), first_t)
         self.hand_off(job)
 
@@ -472,6 +481,7 @@ class Pipeline:
 
     def _alerter(self) -> None:
         max_bytes = int(self.cfg.outbox.max_crop_bytes)
+        max_context = int(self.cfg.outbox.max_context_bytes)
         while True:
             job = self._alerts.get()
             if job is None:
@@ -486,7 +496,8 @@ class Pipeline:
             try:
                 a = alerts.build_alert(job.match, ctx, track_id=job.track_id, first_seen=job.first_seen_wall,
                                        probe_crop=job.crop, reference=ref if ref else _placeholder_reference(),
-                                       max_image_bytes=max_bytes, calibrated=job.live.matcher.meaning(job.match))
+                                       max_image_bytes=max_bytes, context_image=job.context,
+                                       max_context_bytes=max_context, calibrated=job.live.matcher.meaning(job.match))
                 seq = self.sink(a) if self.sink is not None else None
             except EdgeError as exc:
                 self.tally["alerts_failed"] += 1

@@ -40,17 +40,33 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
 
-    tune_malloc()
-    t0 = time.monotonic()
-    recognizers = build_recognizers(cfg, cfg.pipeline.workers)
-    log.info("models verified and loaded in %.1f s (%d worker(s)): %s", time.monotonic() - t0, len(recognizers),
-             "; ".join(f"{k} on {v}" for k, v in recognizers[0].delegates.items()))
-    source = open_source(cfg, path=source_path)
-    log.info("camera: %s", source.describe())
-    app = build_appliance(cfg, source, recognizers=recognizers, restore=True, publish=True, audit=True, preview=True,
-                          version=__version__, max_frames=max_frames, keep_events=0)
+    # input before environment: footage given with --source (or camera.source: file) is checked
+    # first, so a refused or unreadable file is reported as such, before models, keys or certificates
+    source = open_source(cfg, path=source_path) if (source_path is not None or cfg.camera.source == "file") else None
+    try:
+        tune_malloc()
+        t0 = time.monotonic()
+        recognizers = build_recognizers(cfg, cfg.pipeline.workers)
+        log.info("models verified and loaded in %.1f s (%d worker(s)): %s", time.monotonic() - t0, len(recognizers),
+                 "; ".join(f"{k} on {v}" for k, v in recognizers[0].delegates.items()))
+        if source is None:
+            source = open_source(cfg, path=source_path)
+        log.info("camera: %s", source.describe())
+        # from its service_start on, every way out of a failed start writes an error and one service_stop
+        app = build_appliance(cfg, source, recognizers=recognizers, restore=True, publish=True, audit=True,
+                              preview=True, version=__version__, max_frames=max_frames, keep_events=0)
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
     unit, pipeline, sa = app.unit, app.pipeline, app.audit
-    app.start()
+    try:
+        app.start()
+    except BaseException as exc:
+        pipeline.stop()
+        app.close(publisher_timeout=0.0)
+        sa.failed_start(exc, "start")
+        raise
 
     pc = cfg.pipeline
     ping_every = notifier.watchdog_interval()
@@ -109,15 +125,18 @@ def run_service(cfg, *, source_path: str | None = None, max_frames: int = 0, not
             pipeline.wait(30.0)
         except EdgeError as exc:
             log.error("pipeline ended with an error: %s", exc)
+            sa.error("pipeline", exc)
             code = exc.exit_code
         except RuntimeError as exc:
             log.error("%s", exc)
+            sa.error("pipeline", exc)
             code = 1
         app.close(publisher_timeout=5.0)
         rep = pipeline.report()
         say(f"edge-lfr run: {rep['frames_processed']} frames in {rep['seconds']:.1f} s ({rep['fps']} fps), "
             f"{rep['dropped_frames']} dropped, {rep['alerts']} alert(s)")
         sa.stop("signal" if stop.is_set() else ("source ended" if code == 0 else
-                                                 f"error: {type(crashed).__name__ if crashed else code}"), pipeline)
+                                                 f"error: {type(crashed).__name__ if crashed else code}"), pipeline,
+                exit_code=code)
         notifier.close()
     return code

@@ -18,7 +18,7 @@ from edge.types import is_unit_id
 ALERTS_EPILOG = """\
 examples:
   edge-lfr alerts --config rig.yaml                       every unit's alerts and status, as they arrive
-  edge-lfr alerts --config rig.yaml --unit van-01 --save shots/   also save each alert's two JPEGs
+  edge-lfr alerts --config rig.yaml --unit van-01 --save shots/   also save each alert's three JPEGs
   edge-lfr alerts --config rig.yaml --count 5 --timeout 60        exit 0 after 5 alerts, 1 if none in 60 s
   edge-lfr alerts --schema                                 print the alert JSON Schema
 
@@ -32,8 +32,8 @@ def add_commands(subparsers) -> None:
     s = subparsers.add_parser(
         "alerts", help="print match alerts as they arrive (technicians, test rigs)",
         description="Subscribe to <prefix>/<unit>/alert and /status (QoS 1, TLS client certificate) "
-        "and print one line per alert, de-duplicated by event id; optionally save each alert's probe "
-        "crop and reference thumbnail. Connection settings come from the mqtt section of --config; "
+        "and print each alert (a few lines within 80 columns), de-duplicated by event id; optionally save "
+        "each alert's context image, face crop and reference thumbnail. Connection settings come from the mqtt section of --config; "
         "the options below override them.",
         epilog=ALERTS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--config", help="YAML configuration file (its mqtt section; see `edge-lfr config`)")
@@ -43,7 +43,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--ca", help="CA certificate (default: mqtt.ca_file)")
     s.add_argument("--cert", help="client certificate of a handheld or observer (default: mqtt.cert_file)")
     s.add_argument("--key", help="its key (default: mqtt.key_file)")
-    s.add_argument("--save", metavar="DIR", help="write <event_id>-probe.jpg and <event_id>-reference.jpg here")
+    s.add_argument("--save", metavar="DIR", help="write <event_id>-context.jpg (the camera view, other faces blurred), -probe.jpg (the face) and "
+                   "-reference.jpg (the watchlist image) here")
     s.add_argument("--json", action="store_true", help="print each alert as one JSON line (images left out)")
     s.add_argument("--count", type=int, default=0, help="exit after this many distinct alerts (0 = never)")
     s.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (0 = never)")
@@ -122,6 +123,9 @@ def run_alerts(args) -> int:
                 print(format_alert(a), flush=True)
             if save:
                 probe, ref = alerts.alert_images(a)
+                scene = alerts.context_jpeg(a)
+                if scene is not None:     # the camera view, every other face blurred on the unit
+                    (save / f"{a['event_id']}-context.jpg").write_bytes(scene)
                 (save / f"{a['event_id']}-probe.jpg").write_bytes(probe)
                 (save / f"{a['event_id']}-reference.jpg").write_bytes(ref)
     finally:

@@ -83,11 +83,25 @@ def _cmd_bench(args) -> int:
     return run_bench(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose subcommands report an unknown flag with their own usage line (argparse
+    leaves extras to the top-level parser, which would print ``edge-lfr``'s usage)."""
+
+    top_level = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not self.top_level:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edge-lfr", description="On-device live facial recognition for a standalone van unit: "
         "quantized detection and embedding, signed watchlists, match-only alerts.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.top_level = True
     p.add_argument("--version", action="version", version=f"edge-lfr {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

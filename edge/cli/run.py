@@ -19,8 +19,10 @@ examples:
 
 Under systemd: READY=1 after the first frame, WATCHDOG=1 while frames are processed,
 STATUS= with fps / queue / dropped frames / outbox / watchlist / CPU temperature, STOPPING=1.
-exit codes: 0 stopped (SIGTERM) or the file ended, 69 model missing or altered, 74 camera failed,
-78 bad configuration
+exit codes: 0 stopped (SIGTERM) or the file ended, 65 --source missing, empty, not a video or
+corrupt, 69 model missing or altered, 74 camera failed, 78 bad configuration (a network source
+included). The --source file is checked before anything else; once a start is in the audit log,
+a failure there also records its error and the stop with this exit code.
 """
 
 REPLAY_EPILOG = """\
@@ -35,8 +37,8 @@ EXPECTED.yaml:
     - {subject: S-0002, from: 9.0, to: 14.0, count: 1, label: "second pass"}
   allow_unexpected: false                             # any other alert fails the run
 
-exit codes: 0 every expectation met, 1 an expectation failed, 65 bad expectations or footage,
-77 bundle refused, 78 bad configuration
+exit codes: 0 every expectation met, 1 an expectation failed, 65 bad expectations or footage
+(missing, an empty folder, not a video, corrupt), 77 bundle refused, 78 bad configuration
 """
 
 

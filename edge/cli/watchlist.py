@@ -37,11 +37,11 @@ examples:
         --valid-from 2025-06-01T08:00:00Z --valid-until 2025-06-01T20:00:00Z \\
         --out op-123.edgewl --report op-123-report.json
   on the unit (paths from --config, section unit):
-    edge-lfr watchlist inspect op-123.edgewl --config /etc/edge-lfr/config.yaml
-    edge-lfr watchlist verify  op-123.edgewl --config /etc/edge-lfr/config.yaml
-    edge-lfr watchlist load    op-123.edgewl --config /etc/edge-lfr/config.yaml
-    edge-lfr watchlist status  --config /etc/edge-lfr/config.yaml
-    edge-lfr watchlist wipe    --config /etc/edge-lfr/config.yaml
+    edge-lfr watchlist inspect op-123.edgewl --config /etc/edge-lfr/unit.yaml
+    edge-lfr watchlist verify  op-123.edgewl --config /etc/edge-lfr/unit.yaml
+    edge-lfr watchlist load    op-123.edgewl --config /etc/edge-lfr/unit.yaml
+    edge-lfr watchlist status  --config /etc/edge-lfr/unit.yaml
+    edge-lfr watchlist wipe    --config /etc/edge-lfr/unit.yaml
 
 exit codes: 0 ok; 65 damaged, malformed, over a limit, wrong model, or enrolment failed;
 66 key file missing; 74 unit state damaged; 75 not valid yet; 77 refused by trust policy
@@ -227,6 +227,11 @@ def _cats(summary: dict) -> str:
 
 def _unit_config(args):
     from edge.config import load_config, validate
+    from edge.errors import UsageError
+    if args.config is None and not (args.unit_id and args.device_key and args.trust and args.state_dir):
+        raise UsageError(f"watchlist {getattr(args, 'watchlist_command', '') or ''}: give --config FILE (the unit's configuration, "
+                         "e.g. --config /etc/edge-lfr/unit.yaml), or all of --unit-id, --device-key, --trust "
+                         "and --state-dir")
     cfg = load_config(args.config).as_dict()
     over = {"id": args.unit_id, "device_key": args.device_key, "trust_file": args.trust,
             "state_dir": args.state_dir, "device_key_passphrase_file": args.passphrase_file}

@@ -172,47 +172,87 @@ def fit_calibration(impostor_t: Sequence[float] | np.ndarray, source: str = "") 
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """A target FPIR for a list of ``watchlist_size`` subjects, on a calibration."""
+    """A target FPIR for a list of ``watchlist_size`` subjects, on a calibration.
+
+    ``category_fpir``: per-category targets (``match.target_fpir_<category>``), as
+    ``((category, fpir), ...)``; a category not named uses ``target_fpir``. The threshold of a
+    category is the list's threshold at that category's target (the whole list's size: a
+    passer-by is compared with every subject), so a category with a smaller target needs a
+    higher score. Each category's alerts then stay within its target (its subjects are only
+    part of the list, so the rate it contributes is at most the target)."""
 
     calibration: ScoreCalibration
     target_fpir: float
     watchlist_size: int
+    category_fpir: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if not 0.0 < float(self.target_fpir) < 1.0:
             raise InputError(f"target_fpir {self.target_fpir} must be in (0, 1)")
         if int(self.watchlist_size) < 1:
             raise InputError(f"watchlist_size {self.watchlist_size} must be >= 1")
+        for c, f in self.category_fpir:
+            if not 0.0 < float(f) < 1.0:
+                raise InputError(f"target_fpir for category {c!r} ({f}) must be in (0, 1)")
+
+    def target_for(self, category: str | None = None) -> float:
+        """The target FPIR of ``category`` (``target_fpir`` when it has none of its own)."""
+        return float(dict(self.category_fpir).get(category, self.target_fpir)) if category else float(self.target_fpir)
+
+    def _fmr(self, category: str | None = None) -> float:
+        return fmr_for_fpir(self.target_for(category), int(self.watchlist_size))
 
     @property
     def target_fmr(self) -> float:
-        return fmr_for_fpir(float(self.target_fpir), int(self.watchlist_size))
+        return self._fmr()
+
+    def threshold_for(self, category: str | None = None) -> float:
+        """The calibrated-score threshold of ``category``: an alert needs ``score >= threshold``."""
+        return float(min(1.0, -math.log10(max(self._fmr(category), 1e-300)) / SCORE_DECADES))
 
     @property
     def threshold(self) -> float:
-        """The calibrated-score threshold: an alert needs ``score >= threshold``."""
-        return float(min(1.0, -math.log10(max(self.target_fmr, 1e-300)) / SCORE_DECADES))
+        """The calibrated-score threshold at ``target_fpir`` (categories without their own target)."""
+        return self.threshold_for(None)
+
+    def thresholds(self, categories: Sequence[str]) -> dict[str, float]:
+        """Each category's threshold."""
+        return {c: self.threshold_for(c) for c in categories}
+
+    def supported_for(self, category: str | None = None) -> bool:
+        """False when the category's threshold rests on the extrapolated tail of the calibration."""
+        return self._fmr(category) >= self.calibration.min_supported_fmr
 
     @property
     def supported(self) -> bool:
         """False when the threshold rests on the extrapolated tail of the calibration."""
-        return self.target_fmr >= self.calibration.min_supported_fmr
+        return self.supported_for(None)
 
-    def meaning(self, score: float) -> dict[str, Any]:
+    def meaning(self, score: float, category: str | None = None) -> dict[str, Any]:
         """The calibrated meaning of a calibrated ``score`` against this list (see the module
-        docstring): per-comparison FMR, expected FPIR for the list size, the target, whether
-        the table supports it, and the calibration's provenance."""
+        docstring): per-comparison FMR, expected FPIR for the list size, the target the
+        threshold of ``category`` came from, whether the table supports the rate, and the
+        calibration's provenance."""
         s = float(score)
         fmr = 10.0 ** (-SCORE_DECADES * min(max(s, 0.0), 1.0))
         return {"fmr": float(f"{fmr:.3g}"),
                 "expected_fpir": float(f"{fpir_for_fmr(min(fmr, 1.0), int(self.watchlist_size)):.3g}"),
                 "watchlist_size": int(self.watchlist_size),
-                "target_fpir": float(self.target_fpir),
+                "target_fpir": self.target_for(category),
                 "supported": bool(fmr >= self.calibration.min_supported_fmr),
                 "calibration": self.calibration.source}
 
+    def summary(self, categories: Sequence[str]) -> dict[str, Any]:
+        """What is in force, for the audit log and the report: per category the target FPIR, the
+        threshold and whether the calibration supports it."""
+        return {c: {"target_fpir": self.target_for(c), "threshold": round(self.threshold_for(c), 6),
+                    "supported": bool(self.supported_for(c))} for c in categories}
+
     def describe(self) -> str:
+        cats = dict(self.category_fpir)
         note = "" if self.supported else (f" (rests on the extrapolated tail: the calibration holds FMR down to "
                                           f"{self.calibration.min_supported_fmr:.2g})")
+        own = "".join(f"; {c}: FPIR {f:g} -> {self.threshold_for(c):.4f}" for c, f in cats.items()
+                      if float(f) != float(self.target_fpir))
         return (f"target FPIR {self.target_fpir:g} with {self.watchlist_size} listed subjects -> per-comparison "
-                f"FMR {self.target_fmr:.3g} -> calibrated threshold {self.threshold:.4f}{note}")
+                f"FMR {self.target_fmr:.3g} -> calibrated threshold {self.threshold:.4f}{note}{own}")

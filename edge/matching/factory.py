@@ -15,8 +15,8 @@ def build_matcher(watchlist, config, score_model=None):
     * ``score_normalisation: true`` (default) - cohort-normalised calibrated scores from the
       shipped score model (``score_model`` or :func:`edge.matching.normalise.load_score_model`), a
       subject's several templates fused (:func:`edge.recognition.fusion.fuse_embeddings`, measured better
-      than the best single template), and every category's threshold from the policy for
-      ``target_fpir`` and the list's size;
+      than the best single template), and each category's threshold from the policy for its
+      ``target_fpir_<category>`` (default ``target_fpir``) and the list's size;
     * ``score_normalisation: false`` - raw cosine, best template, ``threshold_<category>``.
 
     Per-subject thresholds carried by a bundle are raw cosines; with normalisation they remain a
@@ -29,5 +29,8 @@ def build_matcher(watchlist, config, score_model=None):
         score_model = load_score_model(config.runtime.models_dir or None)
     if score_model.calibration is None:
         raise InputError("score normalisation needs the model's calibration (manifest score_normalisation.calibration)")
-    policy = ThresholdPolicy(score_model.calibration, float(m.target_fpir), len(watchlist))
-    return Matcher(watchlist, {c: policy.threshold for c in CATEGORIES}, scorer=score_model, policy=policy)
+    from edge.config import category_target_fpir
+    targets = category_target_fpir(m)
+    policy = ThresholdPolicy(score_model.calibration, float(m.target_fpir), len(watchlist),
+                             tuple((c, targets[c]) for c in CATEGORIES))
+    return Matcher(watchlist, policy.thresholds(CATEGORIES), scorer=score_model, policy=policy)

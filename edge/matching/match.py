@@ -408,7 +408,12 @@ class Matcher:
     def meaning(self, match: Match) -> dict | None:
         """The calibrated meaning of a match's score for this list (edge.matching.calibration), or
         None without a threshold policy."""
-        return None if self.policy is None else self.policy.meaning(match.score)
+        if self.policy is None:
+            return None
+        try:
+            return self.policy.meaning(match.score, match.category)
+        except TypeError:             # a policy without per-category targets
+            return self.policy.meaning(match.score)
 
     # ---- probes and scores --------------------------------------------------------------
 

@@ -859,6 +859,7 @@ class AuditLog:
                                "vulnerable": m.threshold_vulnerable},
                 "score_normalisation": bool(getattr(m, "score_normalisation", False)),
                 "target_fpir": getattr(m, "target_fpir", None),
+                "target_fpir_by_category": _category_targets(m),
                 "calibrated_fpir": pv.calibrated_fpir, "calibration_reference": pv.calibration_reference[:200],
                 "retention_days": cfg.outbox.retention_days,
                 "rejected_retention_hours": cfg.outbox.rejected_retention_hours,
@@ -882,6 +883,12 @@ class AuditLog:
                     "threshold": round(float(policy.threshold), 6), "target_fpir": float(policy.target_fpir),
                     "watchlist_size": int(policy.watchlist_size), "supported": bool(policy.supported),
                     "calibration": str(getattr(policy.calibration, "source", ""))[:200]}
+                if hasattr(policy, "threshold_for"):   # one threshold per category (match.target_fpir_<category>)
+                    from edge.types import CATEGORIES
+                    extra["threshold_policy"].update(
+                        thresholds={c: round(float(policy.threshold_for(c)), 6) for c in CATEGORIES},
+                        target_fpirs={c: float(policy.target_for(c)) for c in CATEGORIES},
+                        supported_by_category={c: bool(policy.supported_for(c)) for c in CATEGORIES})
             except Exception:  # pragma: no cover - a policy of another shape: recorded without it
                 pass
         return self.append("bundle_loaded", {**extra,
@@ -932,3 +939,10 @@ class AuditLog:
         return self.append("counts", dict(counts))
 
 
+def _category_targets(match_section) -> dict | None:
+    """``match.target_fpir_<category>`` as in force (0 in the file = ``match.target_fpir``)."""
+    try:
+        from edge.config import category_target_fpir
+        return category_target_fpir(match_section)
+    except Exception:  # a config without these options (older tests' stand-ins)
+        return None

@@ -215,18 +215,39 @@ def build_report(entries: Iterable[dict], *, start: float | None = None, end: fl
 
 
 def _threshold_figures(config: Mapping[str, Any], bundles: Mapping[str, dict]) -> dict:
-    """The threshold in force and the FPIR it was set for: from the loaded list's threshold policy
-    (cohort-normalised calibrated scores: the threshold follows ``match.target_fpir`` and the
-    list's size), else the raw cosine thresholds and ``privacy.calibrated_fpir``."""
+    """What was actually in force: with cohort-normalised calibrated scores (the default) the
+    loaded list's threshold policy (each category's threshold from its ``match.target_fpir_<category>``
+    and the list's size); with normalisation on but no list loaded, the targets alone (a threshold
+    exists only for a list); with raw cosines the ``threshold_<category>`` cosines and
+    ``privacy.calibrated_fpir``."""
+    from edge.types import CATEGORIES as cats
     policies = [b["threshold_policy"] for b in bundles.values() if isinstance(b.get("threshold_policy"), Mapping)]
     if policies:
         p = policies[-1]
-        return {"threshold_kind": "calibrated score (cohort-normalised), one threshold for the list",
-                "thresholds": {c: p.get("threshold") for c in cats}, "calibrated_fpir": p.get("target_fpir"),
+        thresholds = p.get("thresholds") if isinstance(p.get("thresholds"), Mapping) else \
+            {c: p.get("threshold") for c in cats}
+        targets = p.get("target_fpirs") if isinstance(p.get("target_fpirs"), Mapping) else \
+            {c: p.get("target_fpir") for c in cats}
+        supported = p.get("supported_by_category")
+        one = len({thresholds.get(c) for c in cats}) == 1
+        return {"threshold_kind": "calibrated score (cohort-normalised), "
+                                  + ("one threshold for the list" if one else "one threshold per category"),
+                "thresholds": {c: thresholds.get(c) for c in cats}, "calibrated_fpir": p.get("target_fpir"),
+                "target_fpir_by_category": {c: targets.get(c) for c in cats},
                 "calibration_reference": p.get("calibration") or config.get("calibration_reference"),
-                "threshold_supported": p.get("supported")}
+                "threshold_supported": (all(supported.values()) if isinstance(supported, Mapping)
+                                        else p.get("supported"))}
+    if config.get("score_normalisation"):
+        by_cat = config.get("target_fpir_by_category")
+        target = config.get("target_fpir")
+        return {"threshold_kind": "calibrated score (cohort-normalised); no watchlist was loaded, so no threshold "
+                                  "was set (it follows the target false-alarm rate and the size of a loaded list)",
+                "thresholds": {}, "calibrated_fpir": target,
+                "target_fpir_by_category": dict(by_cat) if isinstance(by_cat, Mapping) else {c: target for c in cats},
+                "calibration_reference": "the calibration shipped with the embedding model",
+                "threshold_supported": None}
     return {"threshold_kind": "cosine similarity, per category", "thresholds": config.get("thresholds", {}),
-            "calibrated_fpir": config.get("calibrated_fpir"),
+            "calibrated_fpir": config.get("calibrated_fpir"), "target_fpir_by_category": None,
             "calibration_reference": config.get("calibration_reference"), "threshold_supported": None}
 
 
@@ -365,8 +386,14 @@ def render_html(report: Mapping[str, Any], png: bytes | None = None) -> str:
     gated = r["faces_gated"]
     gated_txt = ", ".join(f"{e(k)} {v}" for k, v in gated["by_reason"].items()) or "none"
     thr = r["thresholds"] or {}
-    thr_txt = ", ".join(f"{e(k)} {v:.3f}" for k, v in _in_order(thr)) or "n/a"
+    thr_txt = ", ".join(f"{e(k)} {v:.3f}" for k, v in _in_order(thr) if isinstance(v, (int, float))) or "n/a"
     fpir = r["calibrated_fpir"]
+    by_cat = r.get("target_fpir_by_category") or {}
+    if by_cat and len({v for v in by_cat.values()}) > 1:
+        fpir_txt = "; ".join(f"{e(k)}: FPIR {_pct(v, 2) if v is not None else 'n/a'}" for k, v in _in_order(by_cat))
+        fpir_txt += " per passer-by"
+    else:
+        fpir_txt = f"FPIR {_pct(fpir, 2) if fpir is not None else 'n/a'} per passer-by"
     cat_rows = "".join(
         f"<tr><th>{e(c)}</th><td class='num'>{v['alerts']} alerts: {v['confirmed']} confirmed, {v['rejected']} "
         f"rejected, {v['not_located']} not located</td></tr>" for c, v in _in_order(r["by_category"]))
@@ -411,7 +438,7 @@ match), {adj['not_located']} person not located, {adj['not_adjudicated']} not ad
 <h2>System</h2>
 <table>
 <tr><th>alert threshold</th><td>{thr_txt}<br><span class="note">{e(str(r.get('threshold_kind') or ''))}</span></td></tr>
-<tr><th>calibrated for</th><td>FPIR {_pct(fpir, 2) if fpir is not None else 'n/a'} per passer-by
+<tr><th>calibrated for</th><td>{fpir_txt}
 ({e(str(r['calibration_reference'] or 'n/a'))})</td></tr>
 <tr><th>embedding model (sha256)</th><td><code>{e(str(r['model_sha256'] or 'n/a'))}</code></td></tr>
 <tr><th>software</th><td>edge-lfr {e(str(r['software_version'] or 'n/a'))}</td></tr>

@@ -243,8 +243,21 @@ class ServiceAudit:
         if live is not None:
             self._safe(self.audit.bundle_loaded, live, "loaded")
 
+    def failed_start(self, exc: BaseException, stage: str = "start-up") -> int:
+        """The start on record could not be completed (a missing CA file, a broker or camera that
+        fails...): an ``error`` entry and the run's one ``service_stop``, with the exit code the
+        process will end with. Returns that exit code."""
+        code = exit_code_of(exc)
+        self.error(f"service {stage}", exc)
+        self.stop(f"failed during {stage}: {type(exc).__name__}", None, exit_code=code)
+        return code
+
     def stop(self, reason: str = "stopped", pipeline=None, **extra) -> None:
-        """Last counts entry, then ``service_stop`` (with the run's totals) and a signed checkpoint."""
+        """Last counts entry, then ``service_stop`` (with the run's totals) and a signed checkpoint.
+        Written once per start: a second call is ignored."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         with self._lock:
             if pipeline is not None and self._counts is not None:
                 self._safe(self._counts.poll, True)
@@ -252,3 +265,13 @@ class ServiceAudit:
             totals = pipeline.counts() if pipeline is not None else {}
             self._safe(self.audit.service_stop, reason, frames=totals.get("frames", 0),
                        alerts=totals.get("alerts", 0), **extra)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The process exit code an exception ends ``edge-lfr`` with (edge/cli/main.py)."""
+    from edge.errors import EdgeError
+    if isinstance(exc, EdgeError):
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1

@@ -27,6 +27,53 @@ log = logging.getLogger(__name__)
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
 
+#: The line TFLite's C++ runtime prints to stderr once per process when it applies its default
+#: XNNPACK delegate; it tells a user nothing (the models' delegates are reported by edge-lfr itself).
+_DELEGATE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+class _without_delegate_banner:
+    """Run a block with file descriptor 2 on a pipe; afterwards everything written there is passed
+    on to the real stderr except :data:`_DELEGATE_BANNER` lines (a thread drains the pipe, so
+    nothing blocks, and nothing written meanwhile by another thread is lost)."""
+
+    def __enter__(self):
+        import threading
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            r, w = os.pipe()
+        except (OSError, ValueError, AttributeError):
+            self._saved = None
+            return self
+        self._chunks: list[bytes] = []
+
+        def drain():
+            while True:
+                b = os.read(r, 65536)
+                if not b:
+                    break
+                self._chunks.append(b)
+            os.close(r)
+        self._reader = threading.Thread(target=drain, name="stderr-filter", daemon=True)
+        self._reader.start()
+        os.dup2(w, 2)
+        os.close(w)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        os.dup2(self._saved, 2)            # closes the pipe's last write end: the reader ends
+        os.close(self._saved)
+        self._reader.join(5.0)
+        text = b"".join(self._chunks)
+        kept = b"".join(line for line in text.splitlines(keepends=True) if line.rstrip() != _DELEGATE_BANNER)
+        if kept:
+            os.write(2, kept)
+        return False
+
+
 def _interpreter_api():
     """(Interpreter, load_delegate, backend name) from the first runtime that imports."""
     try:
@@ -175,8 +222,9 @@ def open_model(name: str, models_dir: str | os.PathLike | None = None, threads: 
 
     path, data = _verified_bytes(directory, entry, name)
     try:
-        interp = Interpreter(model_content=data, num_threads=threads)
-        interp.allocate_tensors()
+        with _without_delegate_banner():
+            interp = Interpreter(model_content=data, num_threads=threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"model {name!r}: {path} is not a loadable TFLite model: {exc}") from None
     return LoadedModel(name, path, entry["sha256"], entry, "cpu", reason, backend, interp)

@@ -50,6 +50,10 @@ def run_alert_bench(args) -> int:
     ctx = alerts.AlertContext("bench-unit", "bench-op", "bench-bundle", 1, "0" * 64)
     match = Match("BENCH-SUBJECT", "wanted", 0.93, 0.80, 0.11, 0)
     max_bytes = base.outbox.max_crop_bytes
+    cy, cx = np.mgrid[0:400, 0:300]                        # a context image of a typical size (3 x 4 faces)
+    scene = np.clip(np.stack([cx * 0.8, cy * 0.6, (cx + cy) // 3], -1) + rng.normal(0, 10, (400, 300, 3)),
+                    0, 255).astype(np.uint8)
+    max_context = base.outbox.max_context_bytes
 
     with tempfile.TemporaryDirectory(prefix="edge-lfr-bench-") as tmp:
         tmp = Path(tmp)
@@ -77,7 +81,8 @@ def run_alert_bench(args) -> int:
             def one(i: int) -> tuple[float, float, int]:
                 t_match = time.monotonic()
                 a = alerts.build_alert(match, ctx, track_id=i, first_seen=time.time() - 1.0, probe_crop=probe,
-                                       reference=reference, max_image_bytes=max_bytes)
+                                       reference=reference, max_image_bytes=max_bytes, context_image=scene,
+                                       max_context_bytes=max_context)
                 t_built = time.monotonic()
                 seq = pub.submit(a)
                 return t_match, t_built, seq
@@ -111,7 +116,8 @@ def run_alert_bench(args) -> int:
                 burst_report = {"n": burst, "seconds": round(elapsed, 3), "alerts_per_s": round(burst / elapsed, 1),
                                 "match_to_puback": latency_summary([acked[s] - tm for tm, _, s in started])}
             sample = alerts.encode(alerts.build_alert(match, ctx, track_id=0, first_seen=time.time(), probe_crop=probe,
-                                                      reference=reference, max_image_bytes=max_bytes))
+                                                      reference=reference, max_image_bytes=max_bytes,
+                                                      context_image=scene, max_context_bytes=max_context))
             size = len(sample)
         finally:
             pub.stop()

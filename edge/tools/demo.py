@@ -67,15 +67,33 @@ def attribute(scene, ev):
     return None if best is None else best[1]
 
 
+def _say(*parts, flush: bool = True, **kw) -> None:
+    """print(), each line wrapped at 80 columns on word boundaries (continuations indented)."""
+    import textwrap
+    text = " ".join(str(p) for p in parts)
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= 80:
+            out.append(line)
+        else:
+            indent = " " * min(len(line) - len(line.lstrip()) + 2, 12)
+            out += textwrap.wrap(line, 80, subsequent_indent=indent, break_long_words=False,
+                                 break_on_hyphens=False) or [line]
+    print("\n".join(out), flush=flush, **kw)
+
+
 def run_demo(args) -> int:
     t_start = time.monotonic()
     cfg = load_config(args.config)
     out = Path(args.out)
     (out / "alerts").mkdir(parents=True, exist_ok=True)
+    for old in (out / "alerts").glob("*.jpg"):          # this run's alerts only, not the last run's too
+        if old.name.endswith(("-probe.jpg", "-reference.jpg", "-context.jpg")):
+            old.unlink()
     shared = Path(args.faces) if args.faces else shared_faces_or_none()
     recs = build_recognizers(cfg, cfg.pipeline.workers)
     rec = recs[0]
-    print(f"models verified and loaded ({len(recs)} inference workers): "
+    _say(f"models verified and loaded ({len(recs)} inference workers): "
           + "; ".join(f"{k} on {v}" for k, v in rec.delegates.items()), flush=True)
 
     thr = max(cfg.match.threshold_wanted, cfg.match.threshold_missing, cfg.match.threshold_vulnerable)
@@ -91,11 +109,11 @@ def run_demo(args) -> int:
     scene = Scene({f"h{i}": p.head for i, p in enumerate(people)}, actors, size=(1280, 720), fps=15.0,
                   duration=duration, background=background)
     video = scene.write_video(out / "demo-scene.avi")
-    print(f"scene: {video} ({scene.size[0]}x{scene.size[1]}, {scene.fps:g} fps, {scene.duration:.1f} s, "
+    _say(f"scene: {video} ({scene.size[0]}x{scene.size[1]}, {scene.fps:g} fps, {scene.duration:.1f} s, "
           f"background {'vtest.avi' if background else 'plain'}) with {len(people)} people, {len(listed)} of them "
           f"on the watchlist" + ("" if shared else " (../shared/faces not found: public-domain faces only)"), flush=True)
     if shared:
-        print(f"  (LFW people chosen so that the cosine of their two photos is >= {thr + 0.012:.3f} and unlisted "
+        _say(f"  (LFW people chosen so that the cosine of their two photos is >= {thr + 0.012:.3f} and unlisted "
               f"people < {thr - 0.05:.3f} against the list: the demo shows the pipeline; `edge-lfr eval` "
               "measures the model's error rates)")
 
@@ -111,7 +129,7 @@ def run_demo(args) -> int:
             certs = make_certs(tmp / "certs", units=[UNIT], observers=[OBSERVER])
             broker = Mosquitto(tmp / "broker", certs).start()
         except BrokerError as exc:
-            print(f"no MQTT broker for the demo ({exc}); alerts are shown straight from the pipeline")
+            _say(f"no MQTT broker for the demo ({exc}); alerts are shown straight from the pipeline")
             broker = None
         events = []
 
@@ -119,8 +137,8 @@ def run_demo(args) -> int:
             events.append(ev)
             if broker is None:
                 who = attribute(scene, ev)
-                print(f"ALERT  t={ev.t:5.2f}s {ev.subject_id} {ev.category} score {ev.score:.3f}  "
-                      f"(really: {who.label if who else 'unknown'})", flush=True)
+                _say(f"ALERT  t={ev.t:5.2f}s {ev.subject_id} {ev.category} score {ev.score:.3f}\n"
+                      f"       (really: {(who.label if who else 'unknown')[:60]})", flush=True)
 
         if broker is not None:
             ucfg = tu.with_config(mqtt={"host": LOOPBACK, "port": broker.port, "ca_file": str(certs / "ca.crt"),
@@ -137,26 +155,29 @@ def run_demo(args) -> int:
                         return
                     received.append(a)
                 probe, ref = alerts.alert_images(a)
-                (out / "alerts" / f"{a['subject_id']}-{a['event_id'][:8]}-probe.jpg").write_bytes(probe)
-                (out / "alerts" / f"{a['subject_id']}-{a['event_id'][:8]}-reference.jpg").write_bytes(ref)
-                print("MQTT  " + format_alert(a), flush=True)
+                stem = out / "alerts" / f"{a['subject_id']}-{a['event_id'][:8]}"
+                (stem.parent / f"{stem.name}-context.jpg").write_bytes(alerts.context_jpeg(a) or b"")
+                (stem.parent / f"{stem.name}-probe.jpg").write_bytes(probe)
+                (stem.parent / f"{stem.name}-reference.jpg").write_bytes(ref)
+                lines = format_alert(a, columns=74).splitlines()      # 80 columns with the prefix
+                _say("\n".join(["MQTT  " + lines[0]] + ["      " + ln for ln in lines[1:]]), flush=True)
 
             sub = Subscriber(LOOPBACK, broker.port, str(certs / "ca.crt"), str(certs / f"{OBSERVER}.crt"),
                              str(certs / f"{OBSERVER}.key"), [f"{ucfg.mqtt.topic_prefix}/{UNIT}/alert"], on_message,
                              client_id=OBSERVER)
             sub.start()
-            print(f"broker: throwaway mosquitto on {LOOPBACK}:{broker.port} (TLS, client certificates); "
+            _say(f"broker: throwaway mosquitto on {LOOPBACK}:{broker.port} (TLS, client certificates); "
                   f"subscribed as {OBSERVER} to {ucfg.mqtt.topic_prefix}/{UNIT}/alert", flush=True)
         else:
             ucfg = tu.config
 
         pace = "fast" if args.fast else "realtime"
-        print(f"\nlive pipeline on {video.name} ({'as fast as possible' if args.fast else 'in real time'}) ...",
+        _say(f"\nlive pipeline on {video.name} ({'as fast as possible' if args.fast else 'in real time'}) ...",
               flush=True)
         app = build_appliance(ucfg, FileSource(video, pace=pace), recognizers=recs, bundle=bundle, device_key=tu.device,
                               publish=broker is not None, on_alert=on_alert, unit_id=UNIT, say=lambda s: None)
         s = app.unit.current().manifest.summary()
-        print(f"watchlist: signed with a throwaway issuer key, verified and loaded: {s['subjects']} subjects "
+        _say(f"watchlist: signed with a throwaway issuer key, verified and loaded: {s['subjects']} subjects "
               f"({', '.join(f'{k} {v}' for k, v in s['by_category'].items() if v)}), valid until {s['valid_until']}",
               flush=True)
         try:
@@ -184,7 +205,7 @@ def run_demo(args) -> int:
             stray.append(ev)
         else:
             got.setdefault(id(who), []).append(ev)
-    print(f"\n{'who walked past (ground truth)':46s} {'face':>5s} {'listed as':10s} {'expected':9s} {'got':22s} ok")
+    _say(f"\n{'who walked past (ground truth)':28s} {'face':>6s} {'listed as':9s} {'expected':9s} {'got':18s} ok")
     good = 0
     for a in scene.actors:
         evs = got.get(id(a), [])
@@ -192,16 +213,17 @@ def run_demo(args) -> int:
         txt = ", ".join(f"{e.subject_id} {e.score:.3f}" for e in evs) or "-"
         ok = (len(evs) == 1 and evs[0].subject_id == a.subject_id) if a.subject_id else not evs
         good += ok
-        print(f"{a.label[:46]:46s} {a.face_px:4d}px {a.subject_id or '-':10s} {exp:9s} {txt[:22]:22s} "
+        _say(f"{a.label[:28]:28s} {a.face_px:4d}px {(a.subject_id or '-')[:9]:9s} {exp:9s} {txt[:18]:18s} "
               f"{'yes' if ok else 'NO'}")
     for ev in stray:
-        print(f"{'(alert not at any pasted face)':46s} {'':6s} {'':10s} {'no alert':9s} {ev.subject_id} {ev.score:.3f}  NO")
+        _say(f"{'(alert at no pasted face)':28s} {'':6s} {'':9s} {'no alert':9s} "
+              f"{(ev.subject_id + ' ' + format(ev.score, '.3f'))[:18]:18s} NO")
     st = rep["stages"]
     c2a = st.get("capture_to_alert", {})
-    print(f"\n{good}/{len(scene.actors)} passes as expected; {len(events)} alert(s) raised"
+    _say(f"\n{good}/{len(scene.actors)} passes as expected; {len(events)} alert(s) raised"
           + (f", {len(received)} received over MQTT" if broker is not None else "")
           + f"; {rep['frames_processed']} frames at {rep['fps']} fps, {rep['dropped_frames']} dropped; "
           f"capture->alert p50 {c2a.get('p50_ms', 0):.0f} ms")
-    print(f"scene video: {video}; alert images (probe + watchlist reference): {out / 'alerts'}")
-    print(f"demo took {time.monotonic() - t_start:.1f} s")
+    _say(f"scene video: {video}\nalert images (context, face, watchlist reference): {out / 'alerts'}")
+    _say(f"demo took {time.monotonic() - t_start:.1f} s")
     return 0 if good == len(scene.actors) and not stray else 1

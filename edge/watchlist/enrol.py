@@ -350,10 +350,12 @@ def enrol(subjects: list[EnrolSubject], images_dir: str | os.PathLike, recognize
             thumb = None
             for img in s.images:
                 rep = ImageReport(s.id, img.path, img.source, False)
+                unreadable = False
                 try:
                     image = load_image(root / img.path, cfg.limits.max_image_pixels, cfg.limits.max_image_bytes)
                 except EdgeError as exc:
                     rep.reason, rep.detail = "unreadable", str(exc)
+                    unreadable = True
                 else:
                     face, info = assess_image(recognizer, image, cfg)
                     for k, v in info.items():
@@ -368,7 +370,7 @@ def enrol(subjects: list[EnrolSubject], images_dir: str | os.PathLike, recognize
                         if thumb is None:
                             thumb = thumbnail_jpeg(face.chip)
                 reports.append(rep)
-                bar.update()
+                bar.update(skipped=unreadable)
             if sources:
                 if thumb is not None:
                     thumbs[len(entries)] = thumb

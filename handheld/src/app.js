@@ -127,8 +127,8 @@ function addAlert(a, live) {
   updateCounts();
 }
 
-function figure(label, b64, alt) {
-  const f = el('figure', 'shot');
+function figure(label, b64, alt, kind = 'shot') {
+  const f = el('figure', kind);
   const img = el('img');
   img.alt = alt;
   img.src = `data:image/jpeg;base64,${b64}`;
@@ -144,11 +144,16 @@ function renderCard(a) {
 
   const head = el('header', 'cat');
   head.append(el('span', 'cat-label', cat.label), el('span', 'cat-hint', cat.hint));
+  // the scene around the person (other faces blurred on the unit), large; below it the face chip
+  // and the watchlist image side by side, the same size
+  const scene = a.context_jpeg
+    ? figure('Camera view', a.context_jpeg, 'The person in the camera view (other faces blurred)', 'context')
+    : null;
   const shots = el('div', 'shots');
-  shots.append(figure('Camera', a.probe_jpeg, 'Face seen by the camera'),
+  shots.append(figure('Face', a.probe_jpeg, 'Face seen by the camera'),
     figure('Watchlist', a.reference_jpeg, 'Watchlist reference image'));
 
-  const s = scoreWords(a.score, a.threshold, a.margin, a.calibrated);
+  const s = scoreWords(a.score, a.threshold, a.margin, a.calibrated, a.category);
   const meaning = el('p', 'meaning', s.words);
   const detail = el('p', 'detail', s.detail);
   const meta = el('p', 'meta');
@@ -168,7 +173,7 @@ function renderCard(a) {
   }
   const status = el('p', 'decision');
   status.setAttribute('role', 'status');
-  card.append(head, shots, meaning, detail, meta, buttons, status);
+  card.append(head, ...(scene ? [scene] : []), shots, meaning, detail, meta, buttons, status);
   paintDecision(card, a.event_id);
   return card;
 }

@@ -31,12 +31,15 @@ const isNum = (x) => typeof x === 'number' && Number.isFinite(x);
 const isTime = (s) => typeof s === 'string' && UTC.test(s) && !Number.isNaN(Date.parse(s));
 const isJpeg = (s) => typeof s === 'string' && s.length <= MAX_B64 && B64.test(s) && s.startsWith('/9j/');
 
-/** The alert (schema version 1) in `text`, or null when it is not one the page can show. */
+/** The alert in `text` (schema version 2, with its context image; version 1 from older units,
+ * without one), or null when it is not one the page can show. */
 export function parseAlert(text, topicUnit) {
   let a;
   try { a = JSON.parse(text); } catch { return null; }
   if (!a || typeof a !== 'object' || Array.isArray(a)) return null;
-  if (a.schema_version !== 1 || typeof a.event_id !== 'string' || !UUID.test(a.event_id)) return null;
+  if (a.schema_version !== 1 && a.schema_version !== 2) return null;
+  if (typeof a.event_id !== 'string' || !UUID.test(a.event_id)) return null;
+  if (a.schema_version === 2 ? !isJpeg(a.context_jpeg) : a.context_jpeg !== undefined) return null;
   if (!isId(a.unit_id) || a.unit_id !== topicUnit) return null;
   if (!(a.category in CATEGORY) || typeof a.subject_id !== 'string' || !a.subject_id) return null;
   if (!isNum(a.score) || !isNum(a.threshold) || !(a.margin === null || isNum(a.margin))) return null;
@@ -75,7 +78,7 @@ export function parseAck(text, topicUnit) {
 }
 
 /** What the score means, in plain words. The system only prompts: the officer decides. */
-export function scoreWords(score, threshold, margin, calibrated) {
+export function scoreWords(score, threshold, margin, calibrated, category = '') {
   // with calibrated scores 0.10 above the threshold is ten times rarer among strangers
   const above = score - threshold;
   let words;
@@ -85,10 +88,14 @@ export function scoreWords(score, threshold, margin, calibrated) {
   const close = margin !== null && margin < 0.03
     ? 'Another watchlist entry scored almost as high.' : '';
   if (calibrated) {
-    const rarer = calibrated.supported ? '' : ' (extrapolated: rarer than the calibration measured)';
-    return { words, detail: `About ${oneIn(calibrated.expected_fpir)} passers-by not on the list would match `
-      + `this well${rarer} (alerts set for ${oneIn(calibrated.target_fpir)}; ${calibrated.watchlist_size} listed). `
-      + `${close}`.trim() };
+    // the alert's target is its category's (match.target_fpir_<category>)
+    const what = category in CATEGORY ? `${CATEGORY[category].label.toLowerCase()} alerts` : 'alerts';
+    const setting = `(${what} set for ${oneIn(calibrated.target_fpir)}; ${calibrated.watchlist_size} listed)`;
+    // beyond what the calibration measured no number is given: an extrapolated one invites over-reading
+    const rate = calibrated.supported
+      ? `About ${oneIn(calibrated.expected_fpir)} passers-by not on the list would match this well`
+      : 'Rarer among passers-by not on the list than the calibration measured: beyond the calibrated range';
+    return { words, detail: `${rate} ${setting}. ${close}`.trim() };
   }
   return { words, detail: `Similarity ${score.toFixed(2)} (alert threshold ${threshold.toFixed(2)}). ${close}`.trim() };
 }

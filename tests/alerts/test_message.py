@@ -14,7 +14,7 @@ import pytest
 from edge.alerts import message as A
 from edge.alerts import schema as message_schema
 from edge.types import Match
-from tests.support.brokers import PROBE, REFERENCE, SHA, make_alert
+from tests.support.brokers import CONTEXT, PROBE, REFERENCE, SHA, make_alert
 
 jsonschema = pytest.importorskip("jsonschema")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -44,6 +44,9 @@ def test_built_alert_validates_and_holds_exactly_the_schema_fields():
         assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) <= 8192
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         assert max(img.shape[:2]) <= message_schema.IMAGE_MAX_SIDE
+    scene = A.context_jpeg(a)
+    assert scene[:3] == b"\xff\xd8\xff" and len(scene) <= 32768
+    assert cv2.imdecode(np.frombuffer(scene, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (400, 300)   # full size
     encoded = A.encode(a)
     assert json.loads(encoded) == a and b"NaN" not in encoded
 
@@ -62,7 +65,9 @@ def _mutations():
     yield "unknown category", lambda a: a.update(category="suspect")
     yield "bad unit id", lambda a: a.update(unit_id="van/01")
     yield "short sha", lambda a: a.update(model_sha256="abc")
-    yield "schema version 2", lambda a: a.update(schema_version=2)
+    yield "schema version 3", lambda a: a.update(schema_version=3)
+    yield "no context image", lambda a: a.pop("context_jpeg")
+    yield "context image not base64", lambda a: a.update(context_jpeg="!!!!")
     yield "schema version true", lambda a: a.update(schema_version=True)
     yield "image not base64", lambda a: a.update(probe_jpeg="!!!!")
     yield "control character in subject", lambda a: a.update(subject_id="S\n1")
@@ -100,7 +105,8 @@ def test_runtime_check_also_refuses_what_a_schema_cannot_say():
 
 def test_only_matches_make_alerts_and_a_single_subject_margin_is_null():
     ctx = A.AlertContext("van-01", "op-1", "b-1", 1, SHA)
-    kw = dict(track_id=1, first_seen=0.0, probe_crop=PROBE, reference=REFERENCE, max_image_bytes=8192)
+    kw = dict(track_id=1, first_seen=0.0, probe_crop=PROBE, reference=REFERENCE, max_image_bytes=8192,
+              context_image=CONTEXT)
     with pytest.raises(message_schema.AlertError, match="only match events"):
         A.build_alert(Match("S1", "missing", 0.79, 0.80, 0.3, 0), ctx, **kw)
     a = A.build_alert(Match("S1", "missing", 0.85, 0.80, math.inf, 0), ctx, **kw)
@@ -158,3 +164,24 @@ def test_valid_adjudication_is_accepted():
 def test_bad_adjudications_are_refused_with_a_reason(payload, reason):
     with pytest.raises(message_schema.AdjudicationError, match=reason):
         A.parse_adjudication(payload, 4096)
+
+
+def test_context_image_is_capped_by_its_own_option_and_version_1_alerts_stay_valid():
+    ctx = A.AlertContext("van-01", "op-1", "b-1", 1, SHA)
+    big = np.random.default_rng(1).integers(0, 255, (900, 700, 3), dtype=np.uint8)   # noise: hard to compress
+    a = A.build_alert(Match("S1", "wanted", 0.85, 0.80, 0.1, 0), ctx, track_id=1, first_seen=0.0, probe_crop=PROBE,
+                      reference=REFERENCE, max_image_bytes=8192, context_image=big, max_context_bytes=6000)
+    scene = A.context_jpeg(a)
+    img = cv2.imdecode(np.frombuffer(scene, np.uint8), cv2.IMREAD_COLOR)
+    assert len(scene) <= 6000 and max(img.shape[:2]) <= message_schema.CONTEXT_MAX_SIDE
+    with pytest.raises(message_schema.AlertError, match="context_jpeg: JPEG of .* larger than the cap of 1000"):
+        message_schema.validate_alert(a, max_context_bytes=1000)
+    # an alert of version 1 (made before the upgrade, still in an outbox) is valid without a context image
+    v1 = make_alert()
+    v1.pop("context_jpeg")
+    v1["schema_version"] = 1
+    assert message_schema.validate_alert(v1) is v1 and A.context_jpeg(v1) is None
+    _validator(message_schema.ALERT_SCHEMA_V1).validate(v1)
+    v1["context_jpeg"] = make_alert()["context_jpeg"]          # but version 1 never carries one
+    with pytest.raises(message_schema.AlertError, match="context_jpeg"):
+        message_schema.validate_alert(v1)

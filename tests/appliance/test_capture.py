@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.appliance.capture import CaptureError, FileSource, Picamera2Source, V4L2Source, open_source
+from edge.appliance.capture import CaptureError, FileSource, FootageError, Picamera2Source, V4L2Source, open_source
 from edge.tools.composer import Actor, ComposedSource, Scene, cut_head
 from edge.config import validate
 from edge.errors import ConfigError
@@ -102,16 +102,17 @@ def test_ffmpeg_is_restricted_to_local_files(faces_dir, monkeypatch):
 
 
 def test_unusable_files_fail_clearly(tmp_path):
-    with pytest.raises(CaptureError, match="no such"):
+    assert FootageError.exit_code == 65 and issubclass(FootageError, CaptureError)   # bad input, not a camera (74)
+    with pytest.raises(FootageError, match="no such"):
         FileSource(tmp_path / "missing.avi")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(CaptureError, match="not a video file"):
+    with pytest.raises(FootageError, match="not a video file"):
         FileSource(tmp_path / "notes.txt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CaptureError, match="no images"):
+    with pytest.raises(FootageError, match="no images"):
         FileSource(tmp_path / "empty")
     (tmp_path / "bad.avi").write_bytes(b"not a video")
-    with pytest.raises(CaptureError, match="cannot open"):
+    with pytest.raises(FootageError, match="cannot open"):
         FileSource(tmp_path / "bad.avi")
 
 

@@ -264,9 +264,12 @@ def test_an_embedding_job_keeps_only_the_face_neighbourhood():
     img = np.zeros((1080, 1920, 3), np.uint8)
     kp = np.tile(np.array([[1000.0, 500.0]], np.float32), (6, 1))
     det = Detection((960.0, 460.0, 1040.0, 540.0), 0.9, kp)
-    job = embed_job(EmbedRequest(0, 1, det, 0.0, 1.0), Frame(0, 0.0, 0.0, 0.0, img))
-    assert job.patch.shape == (281, 281, 3) and job.offset == (860, 360)
+    job = embed_job(EmbedRequest(0, 1, det, 0.0, 1.0), Frame(0, 0.0, 0.0, 0.0, img), ((100.0, 100.0, 150.0, 150.0),))
+    # 1.25 face sizes around the face for the aligner, and down to the chest for the context image
+    # (3 face sizes wide, 4 tall from half a face above the head): 281 x 380, not the 6 MB frame
+    assert job.patch.shape == (380, 281, 3) and job.offset == (860, 360)
     assert job.frame.image.size == 0 and not np.shares_memory(job.patch, img)
+    assert job.faces == ((100.0, 100.0, 150.0, 150.0),) and job.frame_size == (1920, 1080)
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -343,6 +346,10 @@ def test_demo_runs_end_to_end(tmp_path, faces_dir):
         need("openssl")
     except BrokerError as exc:
         pytest.skip(str(exc))
+    alerts = tmp_path / "demo" / "alerts"
+    alerts.mkdir(parents=True)
+    (alerts / "S-OLD-0000-probe.jpg").write_bytes(b"a previous run's")      # gone after this run
+    (alerts / "notes.txt").write_text("not the demo's")                      # left alone
     out = io.StringIO()
     with redirect_stdout(out):
         code = main(["demo", "--out", str(tmp_path / "demo"), "--faces", str(faces_dir), "--fast"])
@@ -350,8 +357,15 @@ def test_demo_runs_end_to_end(tmp_path, faces_dir):
     assert code == 0, text
     n = int(text.split(" alert(s) raised")[0].rsplit(";", 1)[-1])
     assert f"{n} received over MQTT" in text and n >= 2
-    assert len(list((tmp_path / "demo" / "alerts").glob("*-probe.jpg"))) == n
+    for kind in ("context", "probe", "reference"):
+        assert len(list(alerts.glob(f"*-{kind}.jpg"))) == n, kind
+    assert not (alerts / "S-OLD-0000-probe.jpg").exists() and (alerts / "notes.txt").exists()
     assert (tmp_path / "demo" / "demo-scene.avi").stat().st_size > 100_000
+    # readable in an 80-column terminal (a line longer than that is one unbreakable word, e.g. a path)
+    long = [ln for ln in text.splitlines() if len(ln) > 80 and " " in ln.strip()[:80]]
+    assert not long, long[:3]
+    flat = " ".join(ln.strip() for ln in text.splitlines())
+    assert "beyond the calibrated range" in flat or "passers-by not on the list" in flat
 
 
 class _NoFrames:

@@ -62,12 +62,14 @@ def test_alerts_prints_deduplicates_and_saves_images(cert_dir, broker, tmp_path,
                                  "--timeout", "20", "--save", str(shots)])
     assert args.func(args) == 0
     out, err = capsys.readouterr()
-    lines = [ln for ln in out.splitlines() if "WANTED" in ln]
-    assert len(lines) == 3
-    for a, line in zip(sent, lines):
-        assert a["event_id"] in line and "score 0.910" in line and UNIT in line
+    blocks = [b for b in out.split("\n2") if "WANTED" in b]       # one block of lines per alert
+    assert len(blocks) == 3
+    for a, block in zip(sent, blocks):
+        assert a["event_id"] in block and "score 0.910" in block and UNIT in block
+        assert "images: context " in block
+        assert all(len(line) <= 80 for line in block.splitlines())
     for a in sent:
-        for kind in ("probe", "reference"):
+        for kind in ("context", "probe", "reference"):
             assert (shots / f"{a['event_id']}-{kind}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     assert "status online" in out or "status offline" in out
     assert "invalid alert" in err and "3 alert(s), 1 redelivered duplicate(s) ignored, 1 invalid" in err
@@ -96,15 +98,22 @@ def test_bench_alerts_reports_match_to_puback(tmp_path, capsys):
     assert "match_to_puback" in capsys.readouterr().out
 
 
-def test_an_alert_line_says_what_the_score_means():
+def test_an_alert_line_says_what_the_score_means_and_fits_80_columns():
     from tests.support.brokers import CALIBRATED, make_alert
 
     from edge.alerts.display import format_alert, one_in
-    line = format_alert(make_alert())
-    assert "~1 in 3,800 passers-by (alerts set for 1 in 1,000, 826 listed)" in line
-    assert "score 0.910 (threshold 0.800, margin 0.120)" in line
+    text = format_alert(make_alert())
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    flat = " ".join(line.strip() for line in text.splitlines())
+    assert "~1 in 3,800 passers-by not on the list score this high (wanted alerts set for 1 in 1,000; 826 listed)" in flat
+    assert "score 0.910 (threshold 0.800, margin 0.120)" in flat
+    assert "images: context " in flat and ", face 150x150" in flat
     raw = make_alert(calibrated=None)
     assert raw["calibrated"] is None and "passers-by" not in format_alert(raw)
     rare = make_alert(calibrated={**CALIBRATED, "expected_fpir": 2e-9, "supported": False})
-    assert "~1 in 500,000,000 passers-by, extrapolated beyond the calibration" in format_alert(rare)
+    flat = " ".join(line.strip() for line in format_alert(rare).splitlines())
+    assert "beyond the calibrated range" in flat and "500,000,000" not in flat
+    # long ids wrap instead of running past the edge
+    long = {**make_alert(), "subject_id": "S" * 120}
+    assert all(len(line) <= 80 for line in format_alert(long).splitlines())
     assert [one_in(r) for r in (0.5, 0.01, 0.0)] == ["1 in 2", "1 in 100", "none"]

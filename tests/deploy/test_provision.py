@@ -401,6 +401,16 @@ def test_root_other_than_slash_needs_test_mode(tmp_path):
     assert r.returncode == 2 and "needs --no-install" in r.stderr
 
 
+def test_root_without_account_files_says_what_to_do(tmp_path):
+    root = tmp_path / "empty-root"
+    root.mkdir()
+    r = provision(root, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "has no etc/passwd" in r.stderr and "unpacked image's root file system" in r.stderr
+    assert "cp /etc/{passwd,group,shadow,gshadow}" in r.stderr
+    assert list(root.iterdir()) == []
+
+
 def test_a_provisioned_unit_keeps_its_id_and_broker(provisioned):
     root, _ = provisioned
     before = snapshot(root)

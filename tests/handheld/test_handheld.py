@@ -125,8 +125,10 @@ def spki_pin(cert_file: Path) -> str:
 # --- faces for the alerts: public-domain photos that ship in matplotlib / scikit-image ------
 
 @functools.lru_cache(maxsize=1)
-def faces() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """category -> (probe crop as a street camera would see it, watchlist reference photo)."""
+def faces() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """category -> (probe crop as a street camera would see it, watchlist reference photo, the
+    context image the unit makes: the person in a street scene with a bystander beside them,
+    the bystander's face blurred by the unit's own code, edge.appliance.context)."""
     import cv2
 
     try:
@@ -146,22 +148,75 @@ def faces() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
         return np.repeat(g[:, :, None], 3, axis=2)
 
+    def scene(person: np.ndarray, person_face: tuple, bystander: np.ndarray, bystander_face: tuple,
+              bx: int = 680) -> np.ndarray:
+        """A 1280x720 street frame: the person (head, shoulders, clothes) and, half a body to the
+        side, a bystander; cut and blurred by edge.appliance.context exactly as the unit does."""
+        from edge.appliance.context import context_image
+        frame = np.empty((720, 1280, 3), np.uint8)
+        frame[:] = np.linspace(70, 150, 1280, dtype=np.float32)[None, :, None].astype(np.uint8)
+        frame[560:] = (95, 90, 85)                                        # pavement
+        p = cv2.resize(person, (300, 300), interpolation=cv2.INTER_AREA)   # ~70 px face, as in a street scene
+        frame[300:600, 520:820] = p
+        b = cv2.resize(bystander, (240, 270), interpolation=cv2.INTER_AREA)
+        frame[300:570, bx:bx + 240] = b                                  # in front, beside them
+        k = 300 / person.shape[1]
+        face = tuple(v * k + o for v, o in zip(person_face, (520, 300, 520, 300)))
+        kb = (240 / bystander.shape[1], 270 / bystander.shape[0])
+        other = (bystander_face[0] * kb[0] + bx, bystander_face[1] * kb[1] + 300,
+                 bystander_face[2] * kb[0] + bx, bystander_face[3] * kb[1] + 300)
+        frame = np.clip(frame.astype(np.float32) * 0.85 + 8, 0, 255).astype(np.uint8)   # street light
+        return context_image(frame, (0, 0), face, [other])
+
+    def thumb(img: np.ndarray) -> np.ndarray:     # a bundle's reference thumbnail is small (enrolment: 112 px)
+        k = 150 / max(img.shape[:2])
+        return cv2.resize(np.ascontiguousarray(img), (round(img.shape[1] * k), round(img.shape[0] * k)),
+                          interpolation=cv2.INTER_AREA)
+
+    ast_face, gh_face = (170, 40, 290, 185), (185, 75, 365, 305)
     return {
-        "wanted": (camera(ast[35:185, 165:295]), np.ascontiguousarray(ast[5:235, 125:335])),
-        "missing": (camera(gh[70:310, 180:370]), np.ascontiguousarray(gh[20:380, 120:430])),
-        "vulnerable": (camera(np.ascontiguousarray(ast[35:185, 165:295][:, ::-1])), grey(ast[5:235, 125:335])),
+        "wanted": (camera(ast[35:185, 165:295]), thumb(ast[5:235, 125:335]),
+                   scene(ast, ast_face, gh, gh_face)),
+        "missing": (camera(gh[70:310, 180:370]), thumb(gh[20:380, 120:430]),
+                    scene(gh, gh_face, ast, ast_face)),
+        "vulnerable": (camera(np.ascontiguousarray(ast[35:185, 165:295][:, ::-1])), thumb(grey(ast[5:235, 125:335])),
+                       scene(np.ascontiguousarray(ast[:, ::-1]), (512 - 290, 40, 512 - 170, 185), gh, gh_face,
+                             bx=200)),
     }
 
 
-def handheld_alert(category: str = "wanted", n: int = 0, *, score: float = 0.87, threshold: float = 0.80,
-                   margin: float = 0.12, calibrated: dict | None = None) -> dict:
-    probe, reference = faces()[category]
+#: The unit's real operating point for the fixture's alerts: the calibration shipped with the model,
+#: a list of 120 people, match.target_fpir 0.001 and target_fpir_missing 0.01 -> calibrated
+#: thresholds ~0.51 (wanted, vulnerable) and ~0.41 (missing); scores of real matches sit ~0.35-0.65.
+LIST_SIZE = 120
+
+
+@functools.lru_cache(maxsize=1)
+def unit_policy():
+    from edge.matching.calibration import ThresholdPolicy
+    from edge.matching.normalise import load_score_model
+    return ThresholdPolicy(load_score_model().calibration, 0.001, LIST_SIZE, (("missing", 0.01),))
+
+
+def handheld_alert(category: str = "wanted", n: int = 0, *, above: float = 0.06, score: float | None = None,
+                   threshold: float | None = None, margin: float = 0.12, calibrated: dict | bool = True) -> dict:
+    """An alert as the unit makes it: the category's calibrated threshold, a score ``above`` it, the
+    score's calibrated meaning (``calibrated=False``: a raw-cosine unit's alert)."""
+    probe, reference, context = faces()[category]
+    policy = unit_policy()
+    if threshold is None:
+        threshold = round(policy.threshold_for(category), 6)
+    if score is None:
+        score = round(threshold + above, 6)
+    if calibrated is True:
+        calibrated = policy.meaning(score, category)
     match = Match(subject_id=f"{category[0].upper()}-{1000 + n}", category=category, score=score,
                   threshold=threshold, margin=margin, index=n)
     now = time.time()
     return build_alert(match, AlertContext(UNIT, "op-2025-001", "bundle-7", 7, SHA), track_id=n,
                        first_seen=now - 2.0, probe_crop=probe, reference=reference, max_image_bytes=32768,
-                       alerted_at=now, calibrated=calibrated)
+                       context_image=context, max_context_bytes=24576, alerted_at=now,
+                       calibrated=calibrated or None)
 
 
 # --- the rig: broker, static site, unit, browser ---------------------------------------
@@ -422,7 +477,8 @@ def page(rig):
 def test_alert_from_the_unit_appears_with_both_images_category_and_plain_words(rig, page):
     sent = {}
     for n, category in enumerate(("vulnerable", "missing", "wanted")):      # the wanted one ends on top
-        a = handheld_alert(category, n, score=(0.83, 0.86, 0.93)[n])
+        a = handheld_alert(category, n, above=(0.03, 0.06, 0.13)[n])
+        assert 0.33 <= a["score"] <= 0.66 and 0.38 <= a["threshold"] <= 0.65      # the unit's real scale
         sent[category] = a
         rig.submit(a)
         rig.wait_visible(page, a["event_id"])
@@ -439,12 +495,22 @@ def test_alert_from_the_unit_appears_with_both_images_category_and_plain_words(r
         assert a["subject_id"] in card.locator(".meta").inner_text()
         assert card.locator(".ago").inner_text().startswith("Seen ")
         imgs = card.locator("img")
-        assert imgs.count() == 2
-        for i, key in enumerate(("probe_jpeg", "reference_jpeg")):     # the unit's own JPEGs, decoded
+        assert imgs.count() == 3
+        for i, key in enumerate(("context_jpeg", "probe_jpeg", "reference_jpeg")):   # the unit's own JPEGs, decoded
             img = imgs.nth(i)
             assert img.get_attribute("src") == f"data:image/jpeg;base64,{a[key]}"
             assert img.evaluate("i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 100")
-        assert [c.inner_text() for c in card.locator("figcaption").all()] == ["Camera", "Watchlist"]
+        assert [c.inner_text() for c in card.locator("figcaption").all()] == ["Camera view", "Face", "Watchlist"]
+        # the context large, across the card; the face chip and the watchlist image side by side below it
+        ctx, chip, ref = (imgs.nth(i).bounding_box() for i in range(3))
+        assert ctx["width"] > 300 and ctx["width"] > 1.8 * chip["width"]
+        assert chip["y"] > ctx["y"] + ctx["height"] - 1 and abs(chip["y"] - ref["y"]) < 1
+        assert abs(chip["width"] - ref["width"]) < 1 and ref["x"] > chip["x"] + chip["width"]
+        # the plain words speak the calibrated scale: how rare among passers-by, for this category
+        detail = card.locator(".detail").inner_text()
+        rate = "About 1 in " if a["calibrated"]["supported"] else "Rarer among passers-by not on the list than the " \
+            "calibration measured: beyond the calibrated range"
+        assert detail.startswith(rate) and f"({label.lower()} alerts set for 1 in " in detail, detail
         assert [b.inner_text() for b in card.locator("button").all()] == ["Confirm", "Not a match", "Could not locate"]
         # big touch targets: every decision button at least 64 CSS px tall and 150 wide
         for b in card.locator("button").all():
@@ -726,28 +792,42 @@ def test_publish_to_visible_latency_on_loopback(rig, page):
     visible = [x[2] for x in lat]
     p50, p95 = statistics.median(visible), _percentile(visible, 95)
     print(f"\nhandheld publish -> visible over {len(lat)} alerts: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
-    assert p50 < 1.0 and p95 < 3.0, lat
+    # alerts of ~45-50 KB since the context image (schema 2; ~25 KB before): mosquitto 2.0 writes a large
+    # WebSocket message a few KB per pass of its main loop (docs/handheld.md, Measured), ~100 ms per 4 KB
+    assert p50 < 1.5 and p95 < 3.0, lat
 
 
 def test_a_calibrated_alert_says_how_rare_its_score_is_among_strangers(rig, page):
     # the unit's default: calibrated score -log10(FMR)/10 with its meaning for this list
     cal = {"fmr": 3.16e-7, "expected_fpir": 0.000261, "watchlist_size": 826, "target_fpir": 0.001,
            "supported": True, "calibration": "lfw-dev, cross-fitted"}
-    a = handheld_alert("wanted", 7, score=0.65, threshold=0.56, margin=0.2, calibrated=cal)
+    a = handheld_alert("wanted", 7, score=0.65, threshold=0.59, margin=0.2, calibrated=cal)
     rig.submit(a)
     rig.wait_visible(page, a["event_id"])
     card = rig.card(page, a["event_id"])
     assert card.locator(".meaning").inner_text() == "Possible match — verify"
     assert card.locator(".detail").inner_text() == ("About 1 in 3,800 passers-by not on the list would match this "
-                                                    "well (alerts set for 1 in 1,000; 826 listed).")
-    # a rate beyond what the calibration measured says so
+                                                    "well (wanted alerts set for 1 in 1,000; 826 listed).")
+    # per-category operating points: a missing person's alerts are set for 1 in 100
+    m = handheld_alert("missing", 11, above=0.05)
+    assert m["calibrated"]["target_fpir"] == 0.01 and m["threshold"] < handheld_alert("wanted", 12)["threshold"]
+    rig.submit(m)
+    rig.wait_visible(page, m["event_id"])
+    assert "(missing person alerts set for 1 in 100; 120 listed)" in rig.card(page, m["event_id"]).locator(
+        ".detail").inner_text()
+    # a rate beyond what the calibration measured gives no number
     far = handheld_alert("missing", 9, score=0.9, threshold=0.56, margin=0.3,
                          calibrated={**cal, "expected_fpir": 2e-9, "supported": False})
     rig.submit(far)
     rig.wait_visible(page, far["event_id"])
     assert rig.card(page, far["event_id"]).locator(".detail").inner_text() == (
-        "About 1 in 500,000,000 passers-by not on the list would match this well (extrapolated: rarer than the "
-        "calibration measured) (alerts set for 1 in 1,000; 826 listed).")
+        "Rarer among passers-by not on the list than the calibration measured: beyond the calibrated range "
+        "(missing person alerts set for 1 in 1,000; 826 listed).")
+    # a raw-cosine unit (score normalisation off) says the similarity
+    raw = handheld_alert("wanted", 13, score=0.97, threshold=0.95, calibrated=False)
+    rig.submit(raw)
+    rig.wait_visible(page, raw["event_id"])
+    assert rig.card(page, raw["event_id"]).locator(".detail").inner_text() == "Similarity 0.97 (alert threshold 0.95)."
     # a malformed meaning never leaves the unit
     bad = handheld_alert("wanted", 8, calibrated=cal)
     bad["calibrated"] = {**cal, "expected_fpir": "often"}

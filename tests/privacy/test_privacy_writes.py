@@ -321,7 +321,8 @@ def test_service_writes_nothing_about_faces_that_do_not_match(footage, recognize
     for a in rows:
         validate_alert(a)
         assert a["subject_id"] in listed_ids
-        alert_images |= {base64.b64decode(a["probe_jpeg"]), base64.b64decode(a["reference_jpeg"])}
+        alert_images |= {base64.b64decode(a["probe_jpeg"]), base64.b64decode(a["reference_jpeg"]),
+                         base64.b64decode(a["context_jpeg"])}
     stray_jpegs = [(name, len(j)) for name, j in jpegs if not is_part_of(j, alert_images)]
     assert not stray_jpegs, f"JPEGs that are no alert's image: {stray_jpegs[:5]}"
     # each alert's probe crop shows the listed person the alert names, not a passer-by
@@ -338,6 +339,22 @@ def test_service_writes_nothing_about_faces_that_do_not_match(footage, recognize
                                          cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         v = recognizer.embedder.embed(cv2.resize(chip, (150, 150)))[0]
         assert float(v @ enrol[a["subject_id"]]) > float(np.max(others @ v)), a["subject_id"]
+    # each alert's context image: the listed person in their surroundings; every passer-by in it is
+    # blurred beyond a match with the very photo they were pasted from (unblurred: cosine ~0.98)
+    from edge.config import validate
+    thr = validate({}).match.threshold_wanted
+    context_faces = context_bystanders = 0
+    for a in rows:
+        scene = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(a["context_jpeg"]), np.uint8),
+                                          cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert scene.shape[0] > scene.shape[1] * 0.9                      # about 3 faces wide, 4 tall (clipped)
+        for f in recognizer.faces(scene):
+            if f.embedding is None:
+                continue
+            context_faces += 1
+            best = float(np.max(others @ f.embedding))
+            assert best < thr, f"a passer-by recognisable in an alert's context image (cosine {best:.3f})"
+            context_bystanders += int(float(f.embedding @ enrol[a["subject_id"]]) < 0.9)
 
     # 3. the audit log: intact, ids and counts only; it saw the faces go by
     key = load_device_key(tu.config.unit.device_key, UNIT)
@@ -352,8 +369,6 @@ def test_service_writes_nothing_about_faces_that_do_not_match(footage, recognize
 
     # 4. the operator preview showed no passer-by's face: faces found in what it served are blurred
     # beyond a match with the very photo they were pasted from (unblurred they would score ~0.98)
-    from edge.config import validate
-    thr = validate({}).match.threshold_wanted
     assert previews, "the preview served no frame"
     preview_faces = 0
     for jpg in previews:
@@ -376,7 +391,9 @@ def test_service_writes_nothing_about_faces_that_do_not_match(footage, recognize
           f"{len(footage['seen_unlisted'])} unlisted people in {unlisted_passes} passes per loop (3 loops), "
           f"{faces_counted} faces processed, {alerts_raised} alerts (listed people only); {len(written)} paths "
           f"written, all the unit's records; {len(files)} files, {total:,} bytes scanned: 0 embeddings, "
-          f"{len(jpegs)} JPEG occurrences, all alert images of listed subjects ({2 * len(rows)} in the alerts); {len(entries)} audit entries, verified\n"
+          f"{len(jpegs)} JPEG occurrences, all alert images of listed subjects ({3 * len(rows)} in the alerts); {len(entries)} audit entries, verified\n"
+          f"context images: {len(rows)}, {context_faces} embeddable faces in them ({context_bystanders} not the "
+          f"subject), none a passer-by at the threshold\n"
           f"operator preview: {len(previews)} frames fetched, {preview_faces} embeddable faces in them, none a "
           f"passer-by at the threshold\n"
           f"paths written: {sorted(os.path.relpath(p, state) if p.startswith(str(state)) else p for p in written)}")

@@ -43,7 +43,8 @@ def make_alert(seed: int, created: float, category: str = "wanted") -> dict:
     m = Match(subject_id=f"S{seed:05d}", category=category, score=0.97, threshold=0.95, margin=0.1, index=seed)
     ctx = A.AlertContext("van-07", "OP-1", "b" * 32, 10, "ab" * 32)
     return A.build_alert(m, ctx, track_id=seed, first_seen=created - 1, probe_crop=crop(seed),
-                         reference=crop(10_000 + seed), max_image_bytes=32768, alerted_at=created)
+                         reference=crop(10_000 + seed), context_image=crop(20_000 + seed), max_image_bytes=32768,
+                         alerted_at=created)
 
 
 def marker(alert: dict) -> bytes:

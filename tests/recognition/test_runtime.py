@@ -178,3 +178,17 @@ def test_the_embedders_identity_and_the_loaded_file_are_two_named_hashes(model_c
     # the unit's watchlist side reads the identity from the file, without an interpreter
     monkeypatch.setattr(rt, "_interpreter_api", lambda: pytest.fail("no model may be loaded for its hash"))
     assert embedder_sha256(cfg) == entry["sha256"]
+
+
+def test_tflites_delegate_banner_is_kept_out_of_the_users_way_and_other_stderr_is_not():
+    import subprocess
+    import sys
+    code = ("import sys, os\n"
+            "from edge.recognition.runtime import open_model, _without_delegate_banner\n"
+            "open_model('dlib_resnet_v1_int8', None, threads=1)\n"
+            "with _without_delegate_banner():\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\nreal problem\\n')\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert "XNNPACK" not in r.stderr and "real problem" in r.stderr

@@ -59,6 +59,9 @@ _RNG = np.random.default_rng(7)
 PROBE = _RNG.integers(0, 255, (150, 150, 3), dtype=np.uint8)
 REFERENCE = np.full((200, 160, 3), 128, np.uint8)
 REFERENCE[40:160, 30:130] = (200, 150, 120)
+CONTEXT = np.full((400, 300, 3), 90, np.uint8)         # the scene around the face (alert schema 2)
+CONTEXT[50:200, 75:225] = PROBE
+CONTEXT[200:400, 40:260] = (40, 60, 120)
 
 
 #: a calibrated meaning as the unit's default matcher gives it (edge.matching.calibration)
@@ -71,7 +74,8 @@ def make_alert(unit: str = UNIT, n: int = 0, **kw) -> dict:
     ctx = AlertContext(unit, "op-2025-001", "bundle-7", 7, SHA)
     now = time.time()
     args = dict(track_id=n, first_seen=now - 1.5, probe_crop=PROBE, reference=REFERENCE,
-                max_image_bytes=8192, alerted_at=now, calibrated=CALIBRATED)
+                max_image_bytes=8192, context_image=CONTEXT, max_context_bytes=16384, alerted_at=now,
+                calibrated=CALIBRATED)
     args.update(kw)
     return build_alert(match, ctx, **args)
 

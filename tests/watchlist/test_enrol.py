@@ -258,3 +258,44 @@ def test_build_then_inspect_verify_load_and_match(tmp_path, enrol_dir, recognize
     assert _cli(build[:-2] + ["--serial", "6", "--passphrase-file", str(pw), "--manifest", str(enrol_dir / "m.csv"),
                               "--out", str(strict_out), "--strict"]) == 65
     assert not strict_out.exists()
+
+
+def test_progress_rate_counts_only_images_worked_on():
+    """`watchlist build` with every image missing used to claim ~30,000 img/s (issue 17, item 10)."""
+    import io
+
+    from edge.progress import Progress
+    out = io.StringIO()
+    with Progress(3, "enrolling", stream=out, unit="img", interval=1e9) as bar:
+        for _ in range(3):
+            bar.update(skipped=True)
+    line = out.getvalue().strip().splitlines()[-1]
+    assert "img/s" not in line and "(3 skipped)" in line and "3/3" in line
+    out = io.StringIO()
+    with Progress(4, "enrolling", stream=out, unit="img", interval=1e9) as bar:
+        bar.update(skipped=True)
+        time.sleep(0.05)
+        bar.update()
+    line = out.getvalue().strip().splitlines()[-1]
+    assert "(1 skipped)" in line and float(line.split(" img/s")[0].split()[-1]) < 100
+
+
+def test_enrol_with_every_image_missing_reports_them_skipped(tmp_path, recognizer, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject_id,category,reason_code,image,source_ref\n"
+                        "S-1,wanted,R1,gone1.jpg,ref 1\nS-2,missing,R1,gone2.jpg,ref 2\n")
+    (tmp_path / "imgs").mkdir()
+    from edge.progress import Progress
+    import io
+    stream = io_stream = io.StringIO()
+    import edge.watchlist.enrol as enrol_mod
+    orig = enrol_mod.Progress
+    enrol_mod.Progress = lambda total, label, enabled=True, unit="it": Progress(total, label, stream=io_stream,
+                                                                              unit=unit)
+    try:
+        result = enrol(read_manifest(manifest), tmp_path / "imgs", recognizer, progress=True)
+    finally:
+        enrol_mod.Progress = orig
+    assert result.subjects == [] and {r.reason for r in result.images} == {"unreadable"}
+    final = stream.getvalue().strip().splitlines()[-1]
+    assert "img/s" not in final and "(2 skipped)" in final, final
