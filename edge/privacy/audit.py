@@ -676,6 +676,14 @@ class AuditLog:
         if not repair:
             return
         tail = self._tail_problem(hashes)
+        try:
+            self._record_findings(torn, tail, damaged)
+        except OSError as exc:  # a full disk must not stop the service: the next open tries again
+            self.problem = self.problem or f"audit log findings not written: {exc}"
+            log.error("audit log: could not record what was found at open (%s); retried at the next open", exc)
+            self._state = None
+
+    def _record_findings(self, torn: int, tail, damaged: list[int]) -> None:
         if torn:
             self._append_locked("log_repaired", {"discarded_bytes": torn, "reason": "a line torn by a crash"})
         if tail is not None or damaged:
