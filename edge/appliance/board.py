@@ -39,6 +39,7 @@ class EmbedJob:
     frame: Frame                      # the frame's metadata; its image is dropped (see embed_job)
     patch: np.ndarray = field(repr=False)
     offset: tuple[int, int] = (0, 0)
+    job_id: int = -1                  # issue order (a lockstep replay applies results in this order)
 
 
 #: An embedding job keeps this many face widths of context on each side of the face box:
@@ -46,7 +47,7 @@ class EmbedJob:
 JOB_CONTEXT = 1.25
 
 
-def embed_job(request: EmbedRequest, frame: Frame) -> EmbedJob:
+def embed_job(request: EmbedRequest, frame: Frame, job_id: int = -1) -> EmbedJob:
     """Cut the neighbourhood of the request's face out of the frame (a copy), so the 6 MB frame
     itself can go as soon as detection is done."""
     x0, y0, x1, y1 = request.detection.box
@@ -56,7 +57,7 @@ def embed_job(request: EmbedRequest, frame: Frame) -> EmbedJob:
     cx1, cy1 = int(min(w, x1 + pad + 1)), int(min(h, y1 + pad + 1))
     patch = np.ascontiguousarray(frame.image[cy0:cy1, cx0:cx1])
     meta = Frame(frame.seq, frame.t, frame.captured, frame.wall, _NO_IMAGE)
-    return EmbedJob(request, meta, patch, (cx0, cy0))
+    return EmbedJob(request, meta, patch, (cx0, cy0), job_id)
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
@@ -71,6 +72,33 @@ class DetectResult:
     seconds: float
     views: int
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame once tracked (told to the pipeline's ``on_frame``): its detections and, for
+    each, the id of the track it was given (None if none: over ``track.max_tracks``)."""
+
+    seq: int
+    t: float
+    detections: tuple[Detection, ...]
+    track_ids: tuple[int | None, ...]
+    views: int
+
+
+@dataclass(frozen=True)
+class MatchRecord:
+    """A track's fused probe matched against the list (told to the pipeline's ``on_match``)."""
+
+    track_id: int
+    frame_seq: int
+    t: float
+    box: tuple[float, float, float, float]
+    subject_id: str
+    score: float
+    threshold: float
+    embeds: int
+    alerted: bool
 
 
 @dataclass(frozen=True)
