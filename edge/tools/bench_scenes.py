@@ -315,7 +315,10 @@ def summarise(runs: list[dict]) -> dict:
         s = out.setdefault(key, {"fps": r["fps"], "list": r["list"], "photos": r["photos"], "list_sizes": set(),
                                  "listed_passes": 0, "exactly_once": 0, "unlisted_passes": 0, "false_alerts": 0,
                                  "duplicates": 0, "tta": [], "why": {k: 0 for k in MISS_REASONS},
-                                 "by_width": {}, "thresholds": set(), "supported": set()})
+                                 "by_width": {}, "thresholds": set(), "supported": set(),
+                                 "embeddings": 0, "second_looks": 0})
+        s["embeddings"] += r.get("embeddings") or 0
+        s["second_looks"] += r.get("second_looks") or 0
         s["list_sizes"].add(r["list_size"])
         s["thresholds"].add(r["threshold"])
         s["supported"].add(r["supported"])
@@ -346,6 +349,7 @@ def summarise(runs: list[dict]) -> dict:
                      "false_per_1000_unlisted": round(1000.0 * s["false_alerts"] / max(1, s["unlisted_passes"]), 2),
                      "duplicates": s["duplicates"], "time_to_alert_p50": _pct(s["tta"], 50),
                      "time_to_alert_p95": _pct(s["tta"], 95), "missed_why": s["why"],
+                     "embeddings": s["embeddings"], "second_looks": s["second_looks"],
                      "recall_by_width": {k: round(v[1] / max(1, v[0]), 3) for k, v in sorted(s["by_width"].items())}})
     return rows
 
@@ -494,7 +498,8 @@ def run_scenes(args, say=print) -> dict:
                              "threshold": round(float(pol.threshold), 4) if pol else None,
                              "supported": bool(pol.supported) if pol else None, "frames": rep["frames_processed"],
                              "seconds": round(dt, 1), "fps_processed": rep["fps"],
-                             "embeddings": rep["tracker"].get("embeddings"), **sc}
+                             "embeddings": rep["tracker"].get("embeddings"),
+                             "second_looks": rep["tracker"].get("second_looks", 0), **sc}
                         runs.append(r)
                         ok = sum(p.get("exactly_once", False) for p in sc["passes"])
                         nl = sum(p["listed"] for p in sc["passes"])
