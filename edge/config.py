@@ -216,6 +216,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                           "improving) is embedded again this often, so that someone stepping into the "
                                           "spot another person just left is seen as a new person (the track splits)",
                                           0.1, 60.0),
+        "max_speed": Option(20.0, float, "fastest a face is expected to cross the frame, in face widths per second: the "
+                            "search region of a track seen once (no velocity yet) covers this far for the time since "
+                            "it was seen (frames in flight included); known velocities widen it by their uncertainty",
+                            0.5, 200.0),
+        "second_look_margin": Option(0.1, float, "second look: a track whose best candidate scored below the threshold "
+                                     "by at most this (calibrated score; 0.1 = one decade of false-match rate) keeps "
+                                     "being embedded beyond max_embeds, on its best-quality faces", 0.0, 1.0),
+        "second_look_embeds": Option(4, int, "second look: extra embeddings per track at most (0 = off)", 0, 100),
         "verify_jump_iou": Option(0.3, float, "... and at once when its box jumps: overlap with the predicted box below "
                                   "this", 0.0, 1.0),
     },
@@ -230,6 +238,15 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "roi_model": Option("short_range", str, "detector run on the tracked faces' search regions: short_range (the "
                             "close-up model, ~3x cheaper; measured: same recall, tighter boxes on such crops) or "
                             "full_range; short_range needs detector.near_model", choices=("short_range", "full_range")),
+        "lockstep": Option("auto", str, "replay in lockstep so a run is reproducible: a frame's tracked-face regions come "
+                           "from the tracker as it was lockstep_lag_frames frames before, and embeddings are applied "
+                           "lockstep_embed_frames frames after they were asked for, whatever the thread timing. auto: "
+                           "for sources that wait for the pipeline (file with pace: fast); never for a live source",
+                           choices=("auto", "on", "off")),
+        "lockstep_lag_frames": Option(2, int, "lockstep: frames detected at once (a frame is searched around the tracks "
+                                      "as they were this many frames before); also the same with any worker count", 1, 16),
+        "lockstep_embed_frames": Option(3, int, "lockstep: an embedding asked for at frame n joins its track before "
+                                        "frame n + this is tracked", 1, 64),
         "max_embed_queue": Option(16, int, "embedding jobs waiting at most (each holds its frame in memory)", 1, 1024),
         "status_interval_seconds": Option(10.0, float, "period of the status line in the log and systemd STATUS", 1.0, 3600.0),
         "watchlist_poll_seconds": Option(5.0, float, "period of checks for a watchlist loaded, wiped or expired by another process", 0.5, 3600.0),

@@ -7,17 +7,23 @@ What it does, all on lfw-dev and reproducible (no randomness):
 
 1. embeds every image with the unit's own pipeline (``edge.recognition.api.Recognizer``; the face nearest
    the image centre, quality gate on), or reuses an ``edge-lfr eval lfw --embeddings-cache``;
-2. **cohort**: the usable embeddings of every identity that has a single image (people on no
-   watchlist of the evaluation protocol) -> ``models/background_cohort.npy`` (float32, unit
-   rows), with ``top_k`` and the cohort-wide constants of :mod:`edge.matching.normalise`;
-3. **calibration**: the impostor distribution of the normalised score measured with
-   identity-disjoint cross-fitting, exactly as ``edge-lfr eval lfw`` scores the improved
-   pipeline: identities are split into the pairs file's folds (the rest by a hash of the
-   name); each fold's probes are scored against the whole watchlist (first image of each
-   identity with >= 2 images) by a model whose cohort holds only the other folds'
-   single-image identities; every non-mated comparison (non-mated probes x all subjects,
-   mated probes x the other subjects) goes into :func:`edge.matching.calibration.fit_calibration`.
-   The shipped cohort itself is never used to score the faces it contains;
+2. **cohort**: the usable embeddings of half of the identities that have a single image: those
+   whose name's SHA-256 starts with a hex digit 0-7 (:func:`in_cohort`) ->
+   ``models/background_cohort.npy`` (float32, unit rows), with ``top_k`` and the cohort-wide
+   constants of :mod:`edge.matching.normalise`; their names' hashes ->
+   ``models/background_cohort_identities.txt``. The other half (and every identity with several
+   images) is left for benchmarks and evaluations to list and to walk past the unit
+   (``edge-lfr bench scenes``), so no face there is scored by a cohort holding its person;
+3. **calibration**: the impostor distribution of the normalised score from every non-mated
+   pair of lfw-dev images each scored by a cohort that holds neither face's identity: every
+   pair outside the shipped cohort's identities with the shipped model, and every pair that
+   involves a shipped-cohort face (but no face of the other half) with a model whose cohort is
+   the other half of the single-image identities (the same size, drawn the same way). Some 20
+   million comparisons: the table reaches FMR ~5e-7, and the tail beyond it
+   (:func:`edge.matching.calibration.fit_calibration`) is fitted on the top 1e-4 and checked
+   against the sample down to 3 comparisons (FMR ~1.5e-7), which a list of 10,000 at target
+   FPIR 0.001 needs (1e-7). The cross-fitted open-set check of ``edge-lfr eval lfw`` is
+   recorded as the validation;
 4. writes the ``score_normalisation`` section of ``models/manifest.json`` (read, modified and
    written back at once; every other section is kept as it is).
 
@@ -39,9 +45,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.tools.evaluation import command as ev  # noqa: E402
-from edge.matching.normalise import (COHORT_FILE, DEFAULT_TOP_FRACTION, MANIFEST_SECTION, ScoreModel,  # noqa: E402
-                            cohort_sha256, fit_score_model)
+from edge.tools.evaluation import embeddings as ev_emb, lfw as ev_lfw, protocol as ev  # noqa: E402
+from edge.matching.normalise import (COHORT_FILE, COHORT_IDENTITIES_FILE, DEFAULT_TOP_FRACTION,  # noqa: E402
+                                    MANIFEST_SECTION, ScoreModel, cohort_sha256, fit_score_model, identity_key)
 from edge.matching.calibration import ThresholdPolicy, fit_calibration  # noqa: E402
 
 
@@ -50,22 +56,77 @@ def load_embeddings(lfw: Path, pairs_path: Path, cache: str | None):
     from edge.recognition.api import Recognizer
     from edge.config import load_config
     from edge.progress import Progress
-    identities = ev.scan_lfw(lfw)
-    pairs = ev.parse_pairs(pairs_path, lfw)
+    identities = ev_lfw.scan_lfw(lfw)
+    pairs = ev_lfw.parse_pairs(pairs_path, lfw)
     paths = [p for ps in identities.values() for p in ps]
     config = load_config(None)
     rec = Recognizer(config)
-    meta = ev._table_meta(rec, config)
-    table = ev.load_table(cache, paths, meta) if cache and Path(cache).is_file() else None
+    meta = ev_emb.table_meta(rec, config)
+    table = ev_emb.load_table(cache, paths, meta) if cache and Path(cache).is_file() else None
     if table is None:
         with Progress(len(paths), "embedding", unit="img") as bar:
-            table = ev.embed_ours(rec, paths, bar)
+            table = ev_emb.embed_ours(rec, paths, bar)
         if cache:
-            ev.save_table(cache, table, meta)
+            ev_emb.save_table(cache, table, meta)
     provenance = {"embedder_sha256": rec.embedder_sha256, "detector": config.detector.model,
                   "near_detector": config.detector.near_model, "mirror_average": config.embed.mirror_average,
                   "quality_gate": config.quality.as_dict()}
     return table, identities, pairs, provenance
+
+
+def in_cohort(name: str, n_images: int) -> bool:
+    """The shipped cohort's half of lfw-dev: single-image identities whose name hashes to 0-7."""
+    return n_images == 1 and int(identity_key(name)[0], 16) < 8
+
+
+def pair_scores(model: ScoreModel, emb: np.ndarray, ident: np.ndarray, mask_rows=None, block: int = 512):
+    """t of every unordered pair (i < j) of rows of ``emb`` with different ``ident``, and where
+    ``mask_rows`` is given, at least one of the two rows in it. float32 array."""
+    mu, sd = model.cohort_stats(emb)
+    out = []
+    n = len(emb)
+    for i in range(0, n, block):
+        e = emb[i:i + block]
+        s = (e @ emb.T).astype(np.float64)
+        t = ((s - mu[i:i + block, None]) / sd[i:i + block, None] + (s - mu[None, :]) / sd[None, :]
+             + (s - model.mu0) / model.sd0) / 3.0
+        rows = np.arange(i, i + len(e))[:, None]
+        keep = (np.arange(n)[None, :] > rows) & (ident[i:i + block, None] != ident[None, :])
+        if mask_rows is not None:
+            keep &= mask_rows[i:i + block, None] | mask_rows[None, :]
+        out.append(t[keep].astype(np.float32))
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+def all_pairs_impostors(table, identities, top_fraction: float):
+    """(shipped model, impostor t of every pair scored by a cohort holding neither identity,
+    cohort rows, cohort names, description)."""
+    ok = table.ok
+    a_names = sorted(n for n, ps in identities.items() if in_cohort(n, len(ps)))
+    b_names = sorted(n for n, ps in identities.items() if len(ps) == 1 and not in_cohort(n, 1))
+    rows_of = lambda names: np.array([table.index[p] for n in names for p in identities[n]  # noqa: E731
+                                      if ok[table.index[p]]], int)
+    a_rows, b_rows = rows_of(a_names), rows_of(b_names)
+    model_a = fit_score_model(table.embeddings[a_rows], top_fraction)
+    model_b = fit_score_model(table.embeddings[b_rows], top_fraction)
+    a_set = set(a_names)
+    b_set = set(b_names)
+    names = sorted(identities)
+    # 1. everything outside cohort A, scored by A
+    out_a = [n for n in names if n not in a_set]
+    r1 = rows_of(out_a)
+    id1 = np.array([names.index(n) for n in out_a for p in identities[n] if ok[table.index[p]]])
+    v1 = pair_scores(model_a, table.embeddings[r1], id1)
+    # 2. pairs with a face of A (and none of B), scored by B
+    out_b = [n for n in names if n not in b_set]
+    r2 = rows_of(out_b)
+    id2 = np.array([names.index(n) for n in out_b for p in identities[n] if ok[table.index[p]]])
+    in_a = np.array([n in a_set for n in out_b for p in identities[n] if ok[table.index[p]]])
+    v2 = pair_scores(model_b, table.embeddings[r2], id2, mask_rows=in_a)
+    how = (f"every non-mated pair of lfw-dev scored by a cohort holding neither identity: {v1.size:,} pairs "
+           f"outside the shipped cohort's {len(a_names)} identities (shipped cohort), {v2.size:,} pairs with a "
+           f"shipped-cohort face (the other {len(b_names)} single-image identities as cohort)")
+    return model_a, np.concatenate([v1, v2]), a_rows, a_names, how
 
 
 def write_section(models_dir: Path, section: dict) -> Path:
@@ -102,7 +163,16 @@ def main(argv=None) -> int:
                                                              args.embeddings_cache)
     fold_of = ev.identity_folds(identities, pairs)
 
-    # cross-fitted impostor scores -> calibration
+    # the shipped cohort (half the single-image identities) and every pair scored by a cohort
+    # holding neither face's identity -> calibration
+    model, vals, rows, cohort_names, how = all_pairs_impostors(table, identities, args.top_fraction)
+    source = f"lfw-dev ({len(identities)} identities): {how}; {vals.size:,} non-mated comparisons"
+    cal = fit_calibration(vals, source)
+    del vals
+    cohort = np.ascontiguousarray(model.cohort, dtype=np.float32)
+
+    # validation: the cross-fitted open-set check of edge-lfr eval (folds' cohorts from the other
+    # folds' single-image identities), thresholds from this calibration
     models, why = ev.fit_crossfit_models(table, identities, fold_of, args.top_fraction)
     if models is None:
         raise SystemExit(why)
@@ -110,16 +180,7 @@ def main(argv=None) -> int:
     names = ev.sample_watchlist(identities, "all", 0)
     ident = ev.identification(table, identities, names, args.lfw, scorer=scorer, fold_of=fold_of,
                               keep_scores=True)
-    vals, _ = ev.impostor_scores(ident)
-    check = ev.policy_check(ident)
-    source = (f"lfw-dev ({len(identities)} identities), identity-disjoint cross-fitted over {len(models)} folds, "
-              f"{vals.size:,} non-mated comparisons")
-    cal = fit_calibration(vals, source)
-
-    # the shipped cohort: every usable single-image identity of lfw-dev
-    rows = ev.cohort_rows(table, identities, None, fold_of)
-    model = fit_score_model(table.embeddings[rows], args.top_fraction)
-    cohort = np.ascontiguousarray(model.cohort, dtype=np.float32)
+    check = {"cross_fitted": ev.policy_check(ident), "this_calibration": ev.policy_check(ident, fixed_calibration=cal)}
     n_list = ident["n_watchlist"]
     examples = {f"{t:g} @ N={n}": round(ThresholdPolicy(cal, t, n).threshold, 4)
                 for t in (0.01, 0.001) for n in (100, 1000, 10000, 100000)}
@@ -127,8 +188,10 @@ def main(argv=None) -> int:
         "method": "cohort score normalisation (edge.matching.normalise): t = mean of three z-scores of the cosine "
                   "(listed subject's top-k cohort statistics, passer-by's, cohort-wide); calibrated score = "
                   "-log10 FMR(t) / 10 (edge.matching.calibration)",
-        "fitted_on": f"{args.lfw.name}: cohort = {len(rows)} usable faces of single-image identities; "
+        "fitted_on": f"{args.lfw.name}: cohort = {len(rows)} usable faces of the {len(cohort_names)} single-image "
+                     f"identities whose name's SHA-256 starts with 0-7 (named in {COHORT_IDENTITIES_FILE}); "
                      f"calibration = {source}",
+        "cohort_identities_file": COHORT_IDENTITIES_FILE,
         "pipeline": provenance,
         "refit_when": "the detector, alignment, quality gate or embedder defaults change (the cohort and the "
                       "calibration are embeddings of that pipeline): python models/fit_calibration.py",
@@ -144,6 +207,8 @@ def main(argv=None) -> int:
         return 0
     out = args.models_dir / COHORT_FILE
     np.save(out, cohort, allow_pickle=False)
+    (args.models_dir / COHORT_IDENTITIES_FILE).write_text("".join(identity_key(n) + "\n" for n in sorted(cohort_names)),
+                                                          encoding="ascii")
     sha = cohort_sha256(out)
     final = ScoreModel(model.cohort, model.top_k, model.mu0, model.sd0, sha, cal)
     entry = final.manifest_entry(COHORT_FILE, **section)
@@ -151,8 +216,9 @@ def main(argv=None) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(rows)} faces, top_k {model.top_k}, "
           f"mu0 {model.mu0:.4f}, sd0 {model.sd0:.5f}) and the {MANIFEST_SECTION!r} section of "
           f"{args.models_dir / 'manifest.json'} in {time.time() - t0:.0f} s")
-    print(f"calibration: {len(cal.t)} points down to FMR {cal.min_supported_fmr:.2g}, tail slope "
-          f"{cal.tail_slope:.3f} decades per unit")
+    print(f"calibration: {len(cal.t)} points down to FMR {10 ** cal.log10_fmr[-1]:.2g}, tail slope "
+          f"{cal.tail_slope:.3f} decades per unit, supported down to FMR {cal.min_supported_fmr:.2g}; "
+          f"tail check (log10 FMR, predicted, observed): {list(cal.tail_check)}")
     print("policy check (cross-fitted):", json.dumps(check))
     print("thresholds:", json.dumps(examples))
     return 0

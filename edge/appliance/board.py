@@ -41,6 +41,7 @@ class EmbedJob:
     offset: tuple[int, int] = (0, 0)
     faces: tuple = ()                 # every face box the pipeline knew of in that frame (frame pixels)
     frame_size: tuple[int, int] = (0, 0)   # (width, height) of the frame
+    job_id: int = -1                  # issue order (a lockstep replay applies results in this order)
 
 
 #: An embedding job keeps this many face widths of context on each side of the face box:
@@ -48,7 +49,7 @@ class EmbedJob:
 JOB_CONTEXT = 1.25
 
 
-def embed_job(request: EmbedRequest, frame: Frame, faces: tuple = ()) -> EmbedJob:
+def embed_job(request: EmbedRequest, frame: Frame, faces: tuple = (), job_id: int = -1) -> EmbedJob:
     """Cut the neighbourhood of the request's face out of the frame (a copy), so the 6 MB frame
     itself can go as soon as detection is done. The patch also covers the face's context region
     (:func:`edge.appliance.context.context_region`: the alert's context image, should this face
@@ -62,7 +63,7 @@ def embed_job(request: EmbedRequest, frame: Frame, faces: tuple = ()) -> EmbedJo
     cx1, cy1 = int(min(w, max(x1 + pad + 1, rx1))), int(min(h, max(y1 + pad + 1, ry1)))
     patch = np.ascontiguousarray(frame.image[cy0:cy1, cx0:cx1])
     meta = Frame(frame.seq, frame.t, frame.captured, frame.wall, _NO_IMAGE)
-    return EmbedJob(request, meta, patch, (cx0, cy0), tuple(faces), (w, h))
+    return EmbedJob(request, meta, patch, (cx0, cy0), tuple(faces), (w, h), job_id)
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
@@ -77,6 +78,33 @@ class DetectResult:
     seconds: float
     views: int
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame once tracked (told to the pipeline's ``on_frame``): its detections and, for
+    each, the id of the track it was given (None if none: over ``track.max_tracks``)."""
+
+    seq: int
+    t: float
+    detections: tuple[Detection, ...]
+    track_ids: tuple[int | None, ...]
+    views: int
+
+
+@dataclass(frozen=True)
+class MatchRecord:
+    """A track's fused probe matched against the list (told to the pipeline's ``on_match``)."""
+
+    track_id: int
+    frame_seq: int
+    t: float
+    box: tuple[float, float, float, float]
+    subject_id: str
+    score: float
+    threshold: float
+    embeds: int
+    alerted: bool
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
                     publish: bool = False, audit: bool = False, preview: bool = False,
                     on_alert: Callable[[AlertEvent], None] | None = None, device_key=None, version: str = "",
                     unit_id: str | None = None, max_frames: int = 0, keep_events: int = 10_000,
+                    on_frame: Callable[[Any], None] | None = None, on_match: Callable[[Any], None] | None = None,
                     say: Callable[[str], Any] = log.info) -> Appliance:
     """Assemble the appliance for ``source`` (a :class:`~edge.appliance.capture.FrameSource`).
 
@@ -109,6 +110,8 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
         ``service_start`` entry; alerts, adjudications and watchlist changes are recorded.
     preview: the operator's loopback preview when ``privacy.preview_port`` is set.
     device_key: the unit's key (default: read from ``unit.device_key`` when a bundle is opened).
+    on_frame, on_match: the pipeline's per-frame and per-match hooks (rigs, benches; see
+        :class:`~edge.appliance.pipeline.Pipeline`).
     """
     state = Path(state_dir) if state_dir is not None else Path(config.unit.state_dir)
     recognizers = list(recognizers) if recognizers is not None else build_recognizers(config, config.pipeline.workers)
@@ -191,7 +194,7 @@ def _assemble(config, source, recognizers, state, unit, service_audit, *, bundle
     pipeline = Pipeline(config, source, watchlist=unit.current if unit is not None else (lambda: None), sink=sink,
                         unit_id=unit_id or config.unit.id or "unit", on_alert=alerted if hooks else None,
                         recognizers=recognizers, outbox_stats=lambda: {"outbox_pending": outbox.pending_count()},
-                        max_frames=max_frames, keep_events=keep_events)
+                        max_frames=max_frames, keep_events=keep_events, on_frame=on_frame, on_match=on_match)
     preview_server = None
     if preview and config.privacy.preview_port:   # loopback only; faces that are not a current match blurred
         preview_server = PreviewServer(config.privacy.preview_port, max_fps=config.privacy.preview_max_fps,

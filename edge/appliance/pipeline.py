@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
@@ -40,7 +41,8 @@ import numpy as np
 
 from edge.alerts import message as alerts
 from edge.alerts import schema as message_schema
-from edge.appliance.board import AlertEvent, AlertJob, DetectResult, EmbedJob, EmbedResult, Frame, WorkBoard, embed_job
+from edge.appliance.board import (AlertEvent, AlertJob, DetectResult, EmbedJob, EmbedResult, Frame, FrameRecord,
+                                  MatchRecord, WorkBoard, embed_job)
 from edge.appliance.metrics import RateMeter, StageTimes, read_cpu_temperature
 from edge.appliance.context import context_image
 from edge.appliance.preview import preview_boxes
@@ -116,11 +118,57 @@ def roi_view(box, scale: float, width: int, height: int, min_side: int = 48) -> 
     x0, y0, x1, y1 = box
     side = max(min_side, scale * max(x1 - x0, y1 - y0))
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return _square(cx, cy, side, width, height)
+
+
+def _square(cx: float, cy: float, side: float, width: int, height: int):
     vx0, vy0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
     vx1, vy1 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
     if vx1 - vx0 < 16 or vy1 - vy0 < 16:
         return None
     return vx0, vy0, vx1, vy1
+
+
+#: A track's speed is known to about this fraction (two noisy box centres, a walking gait) ...
+VELOCITY_REL_ERROR = 0.25
+#: ... plus this many face widths per second (box jitter between frames).
+VELOCITY_ABS_ERROR = 1.0
+#: The short-range model sees a face well while it fills at least ~1/4 of its 128 px input;
+#: a wider search region is run with the full-range model (192 px input).
+NEAR_MAX_WIDTHS = 4.0
+
+
+def search_view(st, t: float, scale: float, max_speed: float, width: int, height: int, *,
+                max_widths: float = 12.0, min_side: int = 48):
+    """Where to look for a tracked face at time ``t``: ``(view, head)`` or None.
+
+    The region is centred on the constant-velocity prediction and grows with what the
+    prediction cannot know: the time since the face was last seen (frames in flight while the
+    snapshot was taken, frames in which it was missed) times the uncertainty of its speed. A
+    track seen once has no velocity yet: any speed up to ``max_speed`` face widths per second
+    is possible. A region more than ``NEAR_MAX_WIDTHS`` face widths wide is searched with the
+    full-range model ("far"), which sees smaller faces. None when the prediction has left the
+    frame, or when the region would need more than ``max_widths`` widths (a face unconfirmed or
+    lost for that long is left to the round-robin scan; on the pipeline bench this halved the
+    full-range search runs, 156 to 79 in 150 frames)."""
+    x0, y0, x1, y1 = st.predict(t)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    if not (0.0 <= cx < width and 0.0 <= cy < height):
+        return None                       # predicted to have left the frame: nothing to search
+    w = max(x1 - x0, y1 - y0, 1.0)
+    dt = max(0.0, t - st.last_seen)
+    if getattr(st, "hits", 2) < 2:
+        unc = max_speed * w
+    else:
+        unc = VELOCITY_REL_ERROR * math.hypot(*st.velocity) + VELOCITY_ABS_ERROR * w
+    side = scale * w + 2.0 * unc * dt
+    if side > max_widths * w:
+        return None                       # beyond a search region's reach: the scan cycle finds it again
+    side = max(min_side, side)
+    view = _square(cx, cy, side, width, height)
+    if view is None:
+        return None
+    return view, ("far" if side > NEAR_MAX_WIDTHS * w else "near")
 
 
 # --------------------------------------------------------------------------------------
@@ -139,13 +187,27 @@ class Pipeline:
     recognizers: one :class:`~edge.recognition.api.Recognizer` per worker (:func:`edge.appliance.builder.build_recognizers`).
     max_frames: stop after this many captured frames (0 = until the source ends or ``stop()``).
     keep_events: how many :class:`AlertEvent` to keep in ``events`` (the service keeps none).
+    on_frame: called with a :class:`~edge.appliance.board.FrameRecord` for each frame once tracked
+        (coordinator thread; rigs write per-frame detections with it, benchmarks score
+        detection). Keep it quick.
+    on_match: called with a :class:`~edge.appliance.board.MatchRecord` each time a track's fused
+        probe is matched (coordinator thread; benchmarks: why a pass was missed).
+
+    Lockstep (``pipeline.lockstep``; by default for a source that waits for the pipeline, i.e. a
+    file replayed with ``pace: fast``): the result does not depend on thread timing. Frame n is
+    searched around the tracks as they were after frame n - ``lockstep_lag_frames`` (so at most
+    that many frames are detected at once), and the embeddings asked for at frame n join their
+    tracks, in the order they were asked for, just before frame n + ``lockstep_embed_frames`` is
+    tracked (the coordinator waits for them). Nothing is refused for a full queue.
     """
 
     def __init__(self, config, source, *, watchlist: Callable[[], Any] = lambda: None,
                  sink: Callable[[Mapping[str, Any]], int] | None = None, unit_id: str | None = None,
                  on_alert: Callable[[AlertEvent], None] | None = None, recognizers=None,
                  outbox_stats: Callable[[], Mapping[str, Any]] | None = None, max_frames: int = 0,
-                 drop_oldest: bool | None = None, keep_events: int = 10_000):
+                 drop_oldest: bool | None = None, keep_events: int = 10_000,
+                 on_frame: Callable[[FrameRecord], None] | None = None,
+                 on_match: Callable[[MatchRecord], None] | None = None):
         self.cfg = config
         self.source = source
         self.watchlist = watchlist
@@ -160,8 +222,13 @@ class Pipeline:
         self.recognizers = list(recognizers)
         self.tracker = Tracker(TrackParams.from_config(config))
         live = getattr(source, "live", True) if drop_oldest is None else drop_oldest
-        self.board = WorkBoard(pc.queue_frames, pc.max_embed_queue, drop_oldest=live,
-                               max_in_flight=len(self.recognizers) + FRAMES_AHEAD)
+        self.lockstep = pc.lockstep == "on" or (pc.lockstep == "auto" and not live)
+        self.lag = int(pc.lockstep_lag_frames)
+        self.embed_lag = int(pc.lockstep_embed_frames)
+        self.board = WorkBoard(pc.queue_frames, (1 << 30) if self.lockstep else pc.max_embed_queue, drop_oldest=live,
+                               max_in_flight=self.lag if self.lockstep else len(self.recognizers) + FRAMES_AHEAD)
+        self.on_frame = on_frame
+        self.on_match = on_match
         self.times = StageTimes()
         self.fps = RateMeter(FPS_WINDOW_SECONDS)
         self.gated: collections.Counter = collections.Counter()
@@ -171,6 +238,8 @@ class Pipeline:
         self._results: queue.Queue = queue.Queue()
         self._alerts: queue.Queue = queue.Queue(maxsize=ALERT_QUEUE_SIZE)
         self._snapshot: tuple = ()
+        self._snapshots: dict[int, tuple] = {}   # lockstep: pick -> tracker snapshot after that frame
+        self._job_seq = 0
         self._stop = threading.Event()
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -306,7 +375,8 @@ class Pipeline:
     def _worker(self, rec) -> None:
         q = self.cfg.quality
         scale = self.cfg.pipeline.roi_scale
-        roi_head = "near" if self.cfg.pipeline.roi_model == "short_range" and rec.detector.near is not None else "far"
+        max_speed = self.cfg.track.max_speed
+        near_ok = self.cfg.pipeline.roi_model == "short_range" and rec.detector.near is not None
         while True:
             item = self.board.take(timeout=POLL_SECONDS)
             if item is None:
@@ -320,10 +390,11 @@ class Pipeline:
                 self.times.add("queue_wait", t0 - frame.captured)
                 h, w = frame.image.shape[:2]
                 runs = self._scan_runs(rec, w, h, pick)
-                for st in self._snapshot:
-                    v = roi_view(st.predict(frame.t), scale, w, h)
-                    if v is not None:
-                        runs.append((v, roi_head))
+                snap = self._snapshots.get(pick - self.lag, ()) if self.lockstep else self._snapshot
+                for st in snap:
+                    sv = search_view(st, frame.t, scale, max_speed, w, h)
+                    if sv is not None:
+                        runs.append((sv[0], sv[1] if near_ok else "far"))
                 err = None
                 try:
                     dets = tuple(rec.detector.detect_views(frame.image, runs))
@@ -360,6 +431,17 @@ class Pipeline:
     # -- coordinator -------------------------------------------------------------------------
 
     def _coordinate(self) -> None:
+        if self.lockstep:
+            self._coordinate_lockstep()
+        else:
+            self._coordinate_live()
+        self.tracker.end_all()
+        self._snapshot = ()
+        self._snapshots.clear()
+        self.board.stop()
+        self._alerts.put(None)
+
+    def _coordinate_live(self) -> None:
         pending: dict[int, DetectResult] = {}
         expected = 0
         outstanding = 0
@@ -373,7 +455,7 @@ class Pipeline:
             if isinstance(item, DetectResult):
                 pending[item.pick] = item
                 while expected in pending:
-                    outstanding += self._on_frame(pending.pop(expected))
+                    outstanding += len(self._on_frame(pending.pop(expected)))
                     expected += 1
             elif isinstance(item, EmbedResult):
                 outstanding -= 1
@@ -381,27 +463,77 @@ class Pipeline:
             if (self.board.frames_done() and expected == self.board.picks and not pending
                     and outstanding <= 0 and self.board.job_depth == 0):
                 break
-        self.tracker.end_all()
-        self._snapshot = ()
-        self.board.stop()
-        self._alerts.put(None)
 
-    def _on_frame(self, r: DetectResult) -> int:
+    def _coordinate_lockstep(self) -> None:
+        """Frames in order; the embeddings asked for at frame n applied, in the order asked,
+        right before frame n + embed_lag (waiting for them): the same run whatever the timing."""
+        pending: dict[int, DetectResult] = {}
+        issued: collections.deque = collections.deque()   # (pick, [job ids]) in issue order
+        results: dict[int, EmbedResult] = {}
+        expected = 0
+
+        def apply_through(limit: float) -> bool:
+            """Apply the results of jobs issued at frames <= limit, in order; False if one is missing."""
+            while issued and issued[0][0] <= limit:
+                ids = issued[0][1]
+                if any(i not in results for i in ids):
+                    return False
+                for i in ids:
+                    self._on_embedding(results.pop(i))
+                issued.popleft()
+            return True
+
+        while True:
+            try:
+                item = self._results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                item = ("wake",)
+            if item is None:
+                return
+            if isinstance(item, DetectResult):
+                pending[item.pick] = item
+            elif isinstance(item, EmbedResult):
+                results[item.job.job_id] = item
+            while expected in pending and apply_through(expected - self.embed_lag):
+                ids = self._on_frame(pending.pop(expected))
+                if ids:
+                    issued.append((expected, ids))
+                expected += 1
+            if self.board.frames_done() and expected == self.board.picks and not pending:
+                if apply_through(math.inf) and not issued:
+                    return
+
+    def _on_frame(self, r: DetectResult) -> list[int]:
+        """Track one frame's detections; queue the embedding jobs asked for (their ids)."""
         t0 = time.monotonic()
-        self.board.frame_done()
         if r.error:
             self.tally["detect_errors"] += 1
             if self.tally["detect_errors"] <= 3:
                 log.error("detection failed on frame %d: %s", r.frame.seq, r.error)
         upd = self.tracker.update(r.frame.t, r.detections)
-        self._snapshot = self.tracker.snapshot()
+        snap = self.tracker.snapshot()
+        if self.lockstep:
+            self._snapshots[r.pick] = snap
+            self._snapshots.pop(r.pick - self.lag, None)  # its frame (pick) has been searched
+        self._snapshot = snap
+        self.board.frame_done()  # after the snapshot: the frame it lets in may need it
+        if self.on_frame is not None:
+            try:
+                by_det = {di: k for k, di in upd.assigned}
+                ids = tuple(self.tracker.track_id(by_det[i]) if i in by_det else None
+                            for i in range(len(r.detections)))
+                self.on_frame(FrameRecord(r.frame.seq, r.frame.t, r.detections, ids, r.views))
+            except Exception:
+                log.exception("on_frame hook failed")
         if self.preview is not None:  # every face not a current match is blurred there (edge/appliance/preview.py)
             self.preview.update(r.frame.image, preview_boxes(r.detections, self._snapshot))
-        queued = 0
+        queued = []
         faces = tuple(b.box for b in preview_boxes(r.detections, self._snapshot)) if upd.embed_requests else ()
         for req in upd.embed_requests:
-            if self.board.put_job(embed_job(req, r.frame, faces)):
-                queued += 1
+            job_id = self._job_seq
+            self._job_seq += 1
+            if self.board.put_job(embed_job(req, r.frame, faces, job_id)):
+                queued.append(job_id)
             else:
                 self.tracker.embed_failed(req.key)
                 self.tally["embed_jobs_refused"] += 1
@@ -442,7 +574,15 @@ class Pipeline:
         t0 = time.monotonic()
         m = live.matcher.match(out.probe)
         self.times.add("match", time.monotonic() - t0)
-        if not m.is_hit or not self.tracker.should_alert(req.key, m.subject_id, frame.t):
+        self.tracker.note_match(req.key, float(m.score), float(m.threshold))
+        alert = m.is_hit and self.tracker.should_alert(req.key, m.subject_id, frame.t)
+        if self.on_match is not None:
+            try:
+                self.on_match(MatchRecord(out.track_id, frame.seq, frame.t, tuple(req.detection.box), m.subject_id,
+                                          float(m.score), float(m.threshold), out.embeds, alert))
+            except Exception:
+                log.exception("on_match hook failed")
+        if not alert:
             return
         first_t = self.tracker.first_seen(req.key)
         first_t = frame.t if first_t is None else first_t
@@ -568,6 +708,7 @@ class Pipeline:
         return {"frames_captured": self.frames_captured, "frames_processed": self.frames_processed,
                 "dropped_frames": self.board.dropped, "seconds": round(elapsed, 3),
                 "fps": round(self.frames_processed / elapsed, 2), "workers": len(self.recognizers),
+                "lockstep": self.lockstep,
                 "alerts": self.tally["alerts"], "tracks": self.tracker.counts["tracks"],
                 "tracker": dict(self.tracker.counts), "gated": dict(self.gated),
                 "counts": dict(self.tally), "views_per_frame": round(self.tally["views"] / max(1, self.frames_processed), 2),

@@ -73,6 +73,9 @@ class TrackParams:
     max_tracks: int = 64
     verify_interval_seconds: float = 1.0
     verify_jump_iou: float = 0.3
+    max_speed: float = 20.0
+    second_look_margin: float = 0.1
+    second_look_embeds: int = 4
 
     @classmethod
     def from_config(cls, cfg) -> "TrackParams":
@@ -89,6 +92,7 @@ class EmbedRequest:
     t: float
     prescore: float
     verify: bool = False               # a check that the track still holds the same person
+    second_look: bool = False          # beyond max_embeds: the best candidate was just below threshold
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class TrackState:
     alerted: tuple[str, ...] = ()
     #: the crop that produced the match, only for a track that alerted (shown in place of the face)
     match_crop: np.ndarray | None = field(default=None, repr=False, compare=False)
+    hits: int = 2                  #: detections so far (a track seen once has no velocity yet)
 
     def predict(self, t: float) -> tuple[float, float, float, float]:
         dt = max(0.0, t - self.last_seen)
@@ -178,7 +183,7 @@ def _likeness(e: np.ndarray, tr: "_Track") -> float:
 class _Track:
     __slots__ = ("key", "id", "first_seen", "last_seen", "box", "velocity", "hits", "embeddings", "weights",
                  "fused", "best_prescore", "crop", "crop_weight", "attempts", "pending", "last_attempt",
-                 "alerted", "started_at", "suspect")
+                 "alerted", "started_at", "suspect", "near_miss", "second_looks")
 
     def __init__(self, key: int, track_id: int, det: Detection, t: float):
         self.key = key
@@ -199,11 +204,13 @@ class _Track:
         self.last_attempt = -math.inf
         self.alerted: set[str] = set()
         self.suspect = False      # the box jumped: check the face before trusting the identity
+        self.near_miss = False    # the last match was below the threshold by at most second_look_margin
+        self.second_looks = 0
 
     def state(self) -> TrackState:
         alerted = tuple(sorted(self.alerted))
         return TrackState(self.key, self.id, self.box, self.velocity, self.last_seen, alerted,
-                          self.crop if alerted else None)
+                          self.crop if alerted else None, self.hits)
 
 
 @dataclass
@@ -229,7 +236,7 @@ class Tracker:
         self._next_id = 1
         self.counts = {"tracks": 0, "embed_requests": 0, "embeddings": 0, "splits": 0, "continued": 0,
                        "alerts": 0, "suppressed_cooldown": 0, "suppressed_track": 0, "over_max_tracks": 0,
-                       "verifications": 0, "jumps": 0}
+                       "verifications": 0, "jumps": 0, "second_looks": 0}
 
     # -- association -------------------------------------------------------------------------
 
@@ -262,9 +269,10 @@ class Tracker:
                     continue
                 dc = _centre(d.box)
                 dist = math.hypot(dc[0] - pc[0], dc[1] - pc[1]) / max(pw, dw)
-                if dist > p.max_center_distance:
+                reach = p.max_center_distance + self._uncertainty(tr, pw) * max(0.0, t - tr.last_seen)
+                if dist > reach:
                     continue
-                pairs.append((_iou(pred, d.box) + (1.0 - dist / p.max_center_distance), ti, di))
+                pairs.append((_iou(pred, d.box) + (1.0 - dist / reach), ti, di))
         pairs.sort(key=lambda x: -x[0])
         used_t, used_d = set(), set()
         assigned = []
@@ -310,6 +318,14 @@ class Tracker:
                 requests.append(req)
         return Update(t, tuple(assigned), tuple(started), tuple(ended), tuple(requests))
 
+    def _uncertainty(self, tr: "_Track", width: float) -> float:
+        """How far off the prediction may be, in face widths per second since last seen: a track
+        seen once has no velocity (any speed up to ``max_speed``); else a quarter of its speed
+        plus one width per second (the same model as the pipeline's search regions)."""
+        if tr.hits < 2:
+            return self.p.max_speed
+        return 0.25 * math.hypot(*tr.velocity) / max(width, 1.0) + 1.0
+
     def _expire(self, t: float) -> list[int]:
         p = self.p
         ended = [k for k, tr in self.tracks.items() if t - tr.last_seen > p.max_missed_seconds]
@@ -341,16 +357,24 @@ class Tracker:
         score = prescore(det)
         regular = (tr.attempts < p.max_attempts and len(tr.embeddings) < p.max_embeds
                    and (not tr.embeddings or score >= tr.best_prescore * (1.0 + p.min_improvement)))
+        # second look: the best candidate was just below the threshold; more views of the face
+        # (fused) may settle it. Faces at least as good as the median embedded one, within a budget.
+        second = (not regular and tr.near_miss and tr.second_looks < p.second_look_embeds
+                  and tr.attempts < p.max_attempts + p.second_look_embeds
+                  and score >= 0.5 * tr.best_prescore)
         # a spent or idle track still looks again now and then (for a gated track: a retry)
-        verify = not regular and (tr.suspect or t - tr.last_attempt >= p.verify_interval_seconds)
-        if not (regular or verify):
+        verify = not (regular or second) and (tr.suspect or t - tr.last_attempt >= p.verify_interval_seconds)
+        if not (regular or second or verify):
             return None
         tr.pending = True
         tr.attempts += 1
         tr.last_attempt = t
+        if second:
+            tr.second_looks += 1
+            self.counts["second_looks"] += 1
         self.counts["embed_requests"] += 1
         self.counts["verifications"] += verify
-        return EmbedRequest(tr.key, tr.id, det, t, score, verify)
+        return EmbedRequest(tr.key, tr.id, det, t, score, verify, second)
 
     def embed_failed(self, key: int) -> None:
         """The attempt for this track produced no embedding (gated, or the job was dropped)."""
@@ -378,6 +402,7 @@ class Tracker:
             tr.embeddings, tr.weights, tr.fused = [], [], None
             tr.best_prescore, tr.crop, tr.crop_weight = 0.0, None, -1.0
             tr.alerted = set()
+            tr.near_miss, tr.second_looks = False, 0
             self.counts["splits"] += 1
         if not tr.embeddings and self._ended:
             sims = [float(e @ old.fused) for old in self._ended]
@@ -390,8 +415,9 @@ class Tracker:
                 self.counts["continued"] += 1
         tr.embeddings.append(e)
         tr.weights.append(max(1e-3, float(weight)))
-        if len(tr.embeddings) > p.max_embeds:  # keep the best-weighted (after a verification or continuation)
-            order = np.argsort(tr.weights)[::-1][:p.max_embeds]
+        keep = p.max_embeds + tr.second_looks
+        if len(tr.embeddings) > keep:  # keep the best-weighted (after a verification or continuation)
+            order = np.argsort(tr.weights)[::-1][:keep]
             tr.embeddings = [tr.embeddings[i] for i in sorted(order)]
             tr.weights = [tr.weights[i] for i in sorted(order)]
         tr.best_prescore = max(tr.best_prescore, float(prescore_value))
@@ -402,6 +428,13 @@ class Tracker:
         return EmbedOutcome(tr.key, tr.id, tr.fused, len(tr.embeddings), split_from, continued)
 
     # -- alerts ------------------------------------------------------------------------------
+
+    def note_match(self, key: int, score: float, threshold: float) -> None:
+        """The track's fused probe scored ``score`` for its best candidate against ``threshold``:
+        a near miss (below by at most ``second_look_margin``) earns it a second look."""
+        tr = self.tracks.get(key)
+        if tr is not None:
+            tr.near_miss = score < threshold and threshold - score <= self.p.second_look_margin
 
     def should_alert(self, key: int, subject_id: str, t: float) -> bool:
         """True (and recorded) if this track may alert for this subject now."""

@@ -17,6 +17,7 @@ from edge.cli.alerts import add_commands as add_alert_commands
 from edge.cli.audit import add_commands as add_audit_commands
 from edge.cli.eval import add_commands as add_eval_commands
 from edge.cli.run import add_bench_arguments as add_pipeline_bench_arguments
+from edge.cli.run import add_scenes_arguments
 from edge.cli.run import add_commands as add_run_commands
 from edge.cli.watchlist import add_commands as add_watchlist_commands
 from edge.errors import EdgeError
@@ -30,6 +31,7 @@ examples:
   edge-lfr run --config /etc/edge-lfr/unit.yaml     the unit's service (camera -> recognition -> alerts; systemd notify)
   edge-lfr replay --source V.avi --bundle B.edgewl --expect E.yaml --junit out.xml --config rig.yaml   rig check
   edge-lfr bench pipeline                     1080p, 5 faces: fps, stage latencies, RSS; face_recognition as reference
+  edge-lfr bench scenes                       recall of listed walkers at list sizes 12 / 1,000 / all, why passes were missed
   edge-lfr eval lfw --images ../shared/faces/lfw-dev --pairs ../shared/faces/lfw-dev/pairs.txt \\
                     --out report.json --plot det.png --reference dlib
   edge-lfr bench                              latency of detect, embed and match (dlib as reference)
@@ -79,6 +81,9 @@ def _cmd_bench(args) -> int:
     if args.target == "pipeline":
         from edge.cli.run import run_pipeline_bench
         return run_pipeline_bench(args)
+    if args.target == "scenes":
+        from edge.tools.bench_scenes import run as run_scenes
+        return run_scenes(args)
     from edge.tools.bench import run_bench
     return run_bench(args)
 
@@ -114,13 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "real faces; dlib's descriptor is timed in the same run as the ratio reference when "
                        "dlib-bin is installed. alerts: match -> outbox -> MQTT PUBACK latency through a "
                        "throwaway TLS mosquitto on loopback.")
-    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts", "pipeline"],
+    s.add_argument("target", nargs="?", default="core", choices=["core", "alerts", "pipeline", "scenes"],
                    help="what to measure (default: %(default)s)")
     s.add_argument("--config", help="YAML configuration file")
     s.add_argument("--repeat", type=int, default=200, help="timed runs per measurement (default: %(default)s)")
     s.add_argument("--out", help="also write the figures as JSON here")
     add_bench_arguments(s)
     add_pipeline_bench_arguments(s)
+    add_scenes_arguments(s)
     s.set_defaults(func=_cmd_bench)
 
     add_alert_commands(sub)

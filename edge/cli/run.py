@@ -70,13 +70,14 @@ def cmd_replay(args) -> int:
     _say(f"replaying {args.source} ({'real time' if args.realtime else 'as fast as possible'})")
     result, report = replay(cfg, source=args.source, bundle=args.bundle, expect=args.expect, junit=args.junit,
                             pace="realtime" if args.realtime else "fast", publish=args.publish,
-                            on_alert=_print_event, say=_say)
+                            on_alert=_print_event, say=_say, detections=args.detections)
     _say(f"{report['frames_processed']} frames in {report['seconds']:.1f} s ({report['fps']} fps), "
          f"{report['dropped_frames']} dropped, {report['tracks']} tracks, {report['alerts']} alert(s)")
     if args.json:
         out = {k: v for k, v in report.items() if k != "events"}
-        out["alerts_raised"] = [{"t": e.t, "subject_id": e.subject_id, "category": e.category, "score": e.score,
-                                 "track_id": e.track_id, "event_id": e.event_id} for e in report["events"]]
+        from edge.tools.rig import alert_record
+        out["lockstep"] = report.get("lockstep")
+        out["alerts_raised"] = [alert_record(e) for e in report["events"]]
         Path(args.json).write_text(json.dumps(out, indent=2))
     if result is None:
         return 0
@@ -134,7 +135,10 @@ def add_commands(subparsers) -> None:
     s.add_argument("--realtime", action="store_true", help="pace frames in real time (late frames are dropped, "
                    "as from a camera); default: as fast as possible, nothing dropped")
     s.add_argument("--publish", action="store_true", help="also publish the alerts to the configured MQTT broker")
-    s.add_argument("--json", help="write the pipeline report and the alerts (no images) as JSON here")
+    s.add_argument("--json", help="write the pipeline report and the alerts (no images) as JSON here: each alert's "
+                   "frame index, media time, subject, score, threshold, box, track id and track start")
+    s.add_argument("--detections", help="write every frame's detections (box, score, track id) here, one JSON line "
+                   "per frame")
     s.set_defaults(func=cmd_replay)
 
 
@@ -161,6 +165,23 @@ def add_bench_arguments(parser) -> None:
     _add(g, "--rss-csv", help="pipeline: write (frames, seconds, RSS MB) samples here")
     _add(g, "--plot", help="pipeline: PNG of the latency histograms (or, with --frames, RSS against frames)")
     _add(g, "--faces", help="pipeline: folder of shared faces (default: ../shared/faces if present)")
+
+
+def add_scenes_arguments(parser) -> None:
+    """Options of ``edge-lfr bench scenes`` (options the parser already has are left alone)."""
+    g = parser.add_argument_group("bench scenes")
+    add = _add
+    add(g, "--lfw", help="scenes: LFW-layout folder (default: ../shared/faces/lfw-dev)")
+    add(g, "--fps", type=float, nargs="+", default=[15.0, 30.0], help="scenes: frame rates (default: 15 30)")
+    add(g, "--lists", nargs="+", default=["12", "1000", "all"], help="scenes: list sizes, 'all' = every distractor")
+    add(g, "--photos", type=int, nargs="+", default=[1, 2], help="scenes: enrolment photos per subject (default: 1 2)")
+    add(g, "--scenes", type=int, default=3, help="scenes: scenes per frame rate (default: %(default)s)")
+    add(g, "--listed", type=int, default=12, help="scenes: listed walkers per scene (default: %(default)s)")
+    add(g, "--unlisted", type=int, default=24, help="scenes: unlisted walkers per scene (default: %(default)s)")
+    add(g, "--size", default="1920x1080", help="scenes: frame size (default: %(default)s)")
+    add(g, "--seed", type=int, default=15, help="scenes: seed of the identity split and the scenes")
+    add(g, "--cache", help="scenes: .npz cache of enrolment embeddings")
+    add(g, "--no-detector-reference", action="store_true", help="scenes: skip the detector-on-every-view pass")
 
 
 def run_pipeline_bench(args) -> int:

@@ -201,6 +201,10 @@ def cmd_build(args) -> int:
                                               "enrolment": report}, indent=2).encode(), 0o600)
     _say(f"wrote {out}: {len(data):,} bytes, serial {manifest.serial}, bundle id {manifest.bundle_id}")
     _say(f"  subjects {summary['subjects']:,} ({_cats(summary)}), templates {summary['templates']:,}")
+    single = sum(1 for e in result.subjects if len(e.sources) == 1)
+    if single:  # every accepted photo is a template and the unit fuses them: more photos, fewer misses
+        _say(f"  {single:,} subject(s) enrolled from one photo only: supply two or more where you have them "
+             f"(the unit fuses every photo of a subject; docs/watchlist.md has the measured gain)")
     _say(f"  images {report['images']:,}: accepted {report['accepted']:,}, rejected {rejected:,} ({_reasons(report)})")
     if report["subjects_not_enrolled"]:
         ids = report["subjects_not_enrolled"]

@@ -56,7 +56,8 @@ import numpy as np
 from edge.errors import InputError
 from edge.matching.match import fmr_for_fpir, fpir_for_fmr
 
-__all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECADES", "MIN_EXCEEDANCES"]
+__all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECADES", "MIN_EXCEEDANCES",
+           "TAIL_FROM_FMR", "MIN_TAIL_EXCEEDANCES"]
 
 #: the calibrated score is -log10(FMR) / SCORE_DECADES, clipped to [0, 1].
 SCORE_DECADES = 10.0
@@ -77,6 +78,11 @@ class ScoreCalibration:
     tail_slope: float
     n_comparisons: int
     source: str = ""
+    #: how deep the calibration is supported: the table's last point, or deeper where the tail
+    #: model was fitted to and checked against the sample beyond it (:func:`fit_calibration`).
+    #: 0 = the table's last point.
+    supported_fmr: float = 0.0
+    tail_check: tuple = ()          # (log10 FMR, comparisons predicted, observed) beyond the table
 
     def __post_init__(self):
         t, f = np.asarray(self.t, float), np.asarray(self.log10_fmr, float)
@@ -90,11 +96,15 @@ class ScoreCalibration:
             raise InputError(f"calibration tail_slope {self.tail_slope} must be > 0")
         if self.n_comparisons < 1:
             raise InputError("calibration n_comparisons must be >= 1")
+        if not (0.0 <= float(self.supported_fmr) <= 1.0):
+            raise InputError(f"calibration supported_fmr {self.supported_fmr} must be in [0, 1]")
 
     @property
     def min_supported_fmr(self) -> float:
-        """The smallest FMR the table holds (below it the tail is extrapolated)."""
-        return 10.0 ** self.log10_fmr[-1]
+        """The smallest FMR the calibration supports: the table's last point, or the depth to
+        which the fitted tail was checked against the sample (below it: extrapolated)."""
+        table = 10.0 ** self.log10_fmr[-1]
+        return min(table, self.supported_fmr) if self.supported_fmr > 0 else table
 
     def log10_fmr_at(self, t) -> np.ndarray:
         """log10 FMR at normalised score(s) t (0 below the table, extrapolated above)."""
@@ -119,25 +129,53 @@ class ScoreCalibration:
         return float(np.interp(-target, -ys, xs))
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"t": [round(v, 6) for v in self.t], "log10_fmr": [round(v, 4) for v in self.log10_fmr],
-                "tail_slope": round(self.tail_slope, 6), "n_comparisons": int(self.n_comparisons),
-                "source": self.source,
-                "score": f"calibrated score = -log10(FMR(t)) / {SCORE_DECADES:g}, clipped to [0, 1]"}
+        out = {"t": [round(v, 6) for v in self.t], "log10_fmr": [round(v, 4) for v in self.log10_fmr],
+               "tail_slope": round(self.tail_slope, 6), "n_comparisons": int(self.n_comparisons),
+               "source": self.source,
+               "score": f"calibrated score = -log10(FMR(t)) / {SCORE_DECADES:g}, clipped to [0, 1]"}
+        if self.supported_fmr > 0:
+            out["supported_fmr"] = float(f"{self.supported_fmr:.4g}")
+            out["tail_check"] = [list(r) for r in self.tail_check]
+        return out
 
     @classmethod
     def from_manifest(cls, d: Mapping[str, Any]) -> "ScoreCalibration":
         try:
             return cls(tuple(float(v) for v in d["t"]), tuple(float(v) for v in d["log10_fmr"]),
-                       float(d["tail_slope"]), int(d["n_comparisons"]), str(d.get("source", "")))
+                       float(d["tail_slope"]), int(d["n_comparisons"]), str(d.get("source", "")),
+                       float(d.get("supported_fmr", 0.0)),
+                       tuple(tuple(float(x) for x in r) for r in d.get("tail_check", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"calibration is malformed: {exc}") from None
+
+
+#: the tail model is fitted on the comparisons above the table point at this FMR
+TAIL_FROM_FMR = 1e-4
+#: the tail is supported down to the FMR at which the sample still holds this many comparisons ...
+MIN_TAIL_EXCEEDANCES = 3
+#: ... while at every 1/POINTS_PER_DECADE decade on the way the sample's count is within the
+#: two-sided 99% Poisson range of the count the tail model predicts
+TAIL_CHECK_Z = 2.576
+
+
+def _poisson_ok(predicted: float, observed: int) -> bool:
+    """``observed`` is within the central 99% of Poisson(``predicted``) (normal approximation
+    with continuity correction on the square-root scale, adequate from a few counts up)."""
+    return abs(math.sqrt(observed + 0.375) - math.sqrt(predicted + 0.375)) <= TAIL_CHECK_Z / 2.0
 
 
 def fit_calibration(impostor_t: Sequence[float] | np.ndarray, source: str = "") -> ScoreCalibration:
     """The table from a sample of normalised scores of non-mated comparisons: a point every
     1/POINTS_PER_DECADE decade of FMR from 1 down to the smallest FMR that still has
-    MIN_EXCEEDANCES comparisons at or above it; the tail slope is fitted (least squares) on
-    the last decade of points."""
+    MIN_EXCEEDANCES comparisons at or above it.
+
+    The tail beyond the table is exponential (log10 FMR linear in ``t``), its slope the maximum
+    likelihood estimate from every comparison above the table point at TAIL_FROM_FMR
+    (thousands of them in a large sample: far steadier than a line through the last few
+    points); with fewer, the least-squares slope of the table's last decade. The tail is then
+    checked against the sample beyond the table, every 1/POINTS_PER_DECADE decade, down to
+    where MIN_TAIL_EXCEEDANCES comparisons remain: the calibration is supported
+    (``supported_fmr``) down to the deepest point before the first check that fails."""
     x = np.asarray(impostor_t, np.float64).ravel()
     x = x[np.isfinite(x)]
     n = x.size
@@ -159,15 +197,38 @@ def fit_calibration(impostor_t: Sequence[float] | np.ndarray, source: str = "") 
         j += 1
     if len(ts) < 3:
         raise InputError("calibration sample too concentrated to build a table")
-    last = np.asarray(fs) <= fs[-1] + 1.0 + 1e-9   # the last decade of the table
-    tt, ff = np.asarray(ts)[last], np.asarray(fs)[last]
-    if tt.size >= 2 and np.ptp(tt) > 0:
-        slope = -float(np.polyfit(tt, ff, 1)[0])
-    else:
-        slope = 0.0
+    slope = 0.0
+    m_tail = int(math.floor(TAIL_FROM_FMR * n))
+    if m_tail >= 10 * MIN_EXCEEDANCES and 10.0 ** fs[-1] < TAIL_FROM_FMR:
+        u = float(x[n - m_tail])
+        excess = x[x >= u] - u
+        if excess.size and excess.mean() > 0:
+            slope = math.log10(math.e) / float(excess.mean())   # decades of FMR per unit of t
+    if not slope > 0:
+        last = np.asarray(fs) <= fs[-1] + 1.0 + 1e-9   # the last decade of the table
+        tt, ff = np.asarray(ts)[last], np.asarray(fs)[last]
+        if tt.size >= 2 and np.ptp(tt) > 0:
+            slope = -float(np.polyfit(tt, ff, 1)[0])
     if not slope > 0:
         slope = (fs[0] - fs[-1]) / (ts[-1] - ts[0])
-    return ScoreCalibration(tuple(ts), tuple(fs), slope, n, source)
+    # check the tail beyond the table against the sample
+    supported, checks = 0.0, []
+    t_end, f_end = ts[-1], fs[-1]
+    j = int(round(-f_end * POINTS_PER_DECADE)) + 1
+    while True:
+        lf = -j / POINTS_PER_DECADE
+        predicted = n * 10.0 ** lf
+        if predicted < MIN_TAIL_EXCEEDANCES:
+            break
+        t = t_end + (f_end - lf) / slope
+        observed = int(n - np.searchsorted(x, t, side="left"))
+        ok = _poisson_ok(predicted, observed)
+        checks.append((round(lf, 2), round(predicted, 2), observed))
+        if not ok:
+            break
+        supported = 10.0 ** lf
+        j += 1
+    return ScoreCalibration(tuple(ts), tuple(fs), slope, n, source, supported, tuple(checks))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ neighbours and a wide spread, which would otherwise shrink its genuine scores). 
 standard deviations; :mod:`edge.matching.calibration` turns it into a calibrated score.
 
 Cost on the unit, per probe: one (C, D) @ (D,) product against the cohort and a partial
-sort (C = 2,724: ~0.07 ms), then two multiply-adds per listed subject. The subjects' own
+sort (C = 1,364), then two multiply-adds per listed subject. The subjects' own
 (mu_g, sd_g) are computed once when a list is loaded (N x C products).
 
 Measured on lfw-dev with identity-disjoint cross-fitting (``edge-lfr eval lfw``,
@@ -249,3 +249,26 @@ def load_score_model(models_dir: str | Path | None = None,
         return ScoreModel(cohort, top_k, mu0, sd0, got, cal)
     except InputError as exc:
         raise ModelError(f"manifest {MANIFEST_SECTION!r} section is inconsistent: {exc}") from None
+
+
+#: Which people the shipped cohort holds: one line per identity, the SHA-256 (hex) of its name in
+#: the folder it came from (``models/fit_calibration.py`` writes it). A benchmark or an
+#: evaluation must not list these people, nor walk them past the unit: a face scored against a
+#: cohort that holds the same person is scored by a model fitted on it.
+COHORT_IDENTITIES_FILE = "background_cohort_identities.txt"
+
+
+def identity_key(name: str) -> str:
+    """The key of an identity name in :data:`COHORT_IDENTITIES_FILE`."""
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def load_cohort_identities(models_dir: str | Path | None = None) -> set[str]:
+    """The keys of the identities the shipped cohort holds (empty when the file is absent)."""
+    from edge.recognition.runtime import find_models_dir
+    path = Path(find_models_dir(str(models_dir) if models_dir else None)) / COHORT_IDENTITIES_FILE
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError:
+        return set()
+    return {line.strip() for line in text.splitlines() if len(line.strip()) == 64}

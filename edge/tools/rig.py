@@ -27,6 +27,7 @@ and loads bundles (demo, tests, benchmark).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import tempfile
 import time
@@ -60,8 +61,9 @@ class Expectation:
     label: str = ""
 
     def describe(self) -> str:
-        who = f"{self.subject}" + (f" ({self.label})" if self.label else "")
-        return f"{who} alerts {self.count}x between {self.start:g} s and {self.end:g} s"
+        """The JUnit case name: the pass (its label, else the subject) and what it must do."""
+        what = f"{self.subject} alerts {self.count}x between {self.start:g} s and {self.end:g} s"
+        return f"pass {self.label}: {what}" if self.label else what
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ def check(expectations: Expectations, events: Sequence[Any], report: dict | None
         got = [i for i, ev in enumerate(events)
                if i not in claimed and ev.subject_id == e.subject and e.start <= ev.t <= e.end]
         claimed.update(got)  # too many is this expectation's failure, not also "unexpected"
-        times = ", ".join(f"{events[i].t:.2f} s (track {events[i].track_id}, score {events[i].score:.3f})" for i in got)
+        times = ", ".join(f"{events[i].t:.2f} s (frame {getattr(events[i], 'frame_seq', '?')}, track "
+                          f"{events[i].track_id}, score {events[i].score:.3f})" for i in got)
         ok = len(got) == e.count
         msg = "" if ok else f"expected {e.count} alert(s) for {e.subject} in {e.start:g}-{e.end:g} s, got {len(got)}"
         cases.append(CaseResult(e.describe(), "replay.expected", ok, msg, times))
@@ -308,25 +311,53 @@ class ThrowawayUnit:
 # --------------------------------------------------------------------------------------
 
 
+def detection_line(rec) -> str:
+    """One JSON line of ``--detections``: a frame's index, media time and every detection with
+    its box (frame pixels), detector score and the track it was given."""
+    dets = [{"box": [round(float(v), 1) for v in d.box], "score": round(float(d.score), 4), "track": tid}
+            for d, tid in zip(rec.detections, rec.track_ids)]
+    return json.dumps({"frame": rec.seq, "t": round(float(rec.t), 6), "views": rec.views, "detections": dets})
+
+
+def alert_record(e) -> dict:
+    """An alert as ``replay --json`` writes it (no image)."""
+    return {"frame": e.frame_seq, "t": round(float(e.t), 6), "subject_id": e.subject_id, "category": e.category,
+            "score": round(float(e.score), 6), "threshold": round(float(e.threshold), 6),
+            "box": [round(float(v), 1) for v in e.box], "track_id": e.track_id,
+            "track_start_t": round(float(e.first_seen_t), 6), "event_id": e.event_id}
+
+
 def replay(config, *, source, bundle: str | None, expect: str | None, junit: str | None, pace: str = "fast",
-           publish: bool = False, on_alert=None, recognizers=None, say=print) -> tuple[RigResult | None, dict]:
+           publish: bool = False, on_alert=None, recognizers=None, say=print,
+           detections: str | None = None) -> tuple[RigResult | None, dict]:
     """Run ``source`` (a video file or image folder) through the pipeline with ``bundle``
-    loaded into a temporary state folder; check ``expect``; write ``junit``. Returns
-    (result or None without --expect, pipeline report)."""
+    loaded into a temporary state folder; check ``expect``; write ``junit``; with
+    ``detections``, write every frame's detections as JSON lines (:func:`detection_line`).
+    Returns (result or None without --expect, pipeline report)."""
     expectations = load_expectations(expect) if expect else None
     src = FileSource(source, pace=pace, loop=False, fps=config.camera.fps,
                      max_pixels=config.limits.max_image_pixels)
     if not bundle:
         say("no --bundle: nothing can match; every expectation of an alert will fail")
     with tempfile.TemporaryDirectory(prefix="edge-lfr-replay-") as tmp:
+        det_file = None
+        if detections:
+            try:
+                Path(detections).parent.mkdir(parents=True, exist_ok=True)
+                det_file = open(detections, "w", encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"{detections}: cannot write detections: {exc.strerror or exc}") from None
+        on_frame = (lambda rec: det_file.write(detection_line(rec) + "\n")) if det_file else None
         app = build_appliance(config, src, recognizers=recognizers, state_dir=Path(tmp) / "state",
                               bundle=bundle or None, publish=publish, on_alert=on_alert,
-                              unit_id=config.unit.id or "rig-unit", say=say)
+                              unit_id=config.unit.id or "rig-unit", say=say, on_frame=on_frame)
         pl = app.pipeline
         t0 = time.monotonic()
         try:
             report = app.run()
         finally:
+            if det_file is not None:
+                det_file.close()
             if app.publisher is not None:
                 app.publisher.wait_idle(10.0)
             app.close()

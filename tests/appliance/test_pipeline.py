@@ -132,7 +132,8 @@ def test_alerts_in_the_outbox_are_valid_and_only_about_matches(e2e):
 def test_tracks_embeds_and_latencies_are_bounded(e2e):
     rep = e2e["report"]
     tr = rep["tracker"]
-    assert tr["embeddings"] <= tr["tracks"] * 4                    # the per-track budget
+    # the per-track budget: max_embeds (4) + second looks (4); identity checks come on top
+    assert tr["embeddings"] - tr["verifications"] <= tr["tracks"] * (4 + 4)
     assert tr["embed_requests"] < rep["frames_processed"]          # far fewer embeddings than faces seen
     assert rep["views_per_frame"] < 8
     for stage in ("capture", "detect", "track", "embed", "match", "alert", "capture_to_alert"):

@@ -334,3 +334,60 @@ def test_identity_checks_of_the_same_person_keep_the_track_and_its_alert():
     assert len(alerts) == 1 and tr.counts["splits"] == 0
     assert 15 <= tr.counts["verifications"] <= 21              # about one a second, not one a frame
     assert len(next(iter(tr.tracks.values())).embeddings) == TrackParams().max_embeds
+
+
+# --- fast faces and the second look ----------------------------------------------------------
+
+def test_a_fast_small_face_is_one_track_from_its_second_frame():
+    """1.3 face widths per frame (a 48 px face crossing 1920 px in 2 s at 15 fps), with a missed
+    frame: a track seen once has no velocity, so its reach grows with max_speed x time."""
+    tr = Tracker()
+    xs = [100 + 62 * i for i in range(12)]
+    ids = []
+    for i, x in enumerate(xs):
+        if i == 4:
+            continue                                    # the detector missed this frame
+        u = tr.update(i / 15, [det(x, 300, 48)])
+        ids.append(tr.tracks[u.assigned[0][0]].id)
+    assert len(set(ids)) == 1 and tr.counts["tracks"] == 1
+    # without the speed allowance it would have broken up
+    slow = Tracker(TrackParams(max_speed=0.5))
+    for i, x in enumerate(xs):
+        slow.update(i / 15, [det(x, 300, 48)])
+    assert slow.counts["tracks"] > 1
+
+
+def test_two_faces_side_by_side_keep_their_tracks():
+    tr = Tracker()
+    for i in range(20):
+        tr.update(i / 15, [det(300 + 40 * i, 300, 60), det(300 + 40 * i, 380, 60)])
+    assert tr.counts["tracks"] == 2
+
+
+def _second_look_run(params, scores):
+    """A face walking past; every embedding is answered, the match scores come from ``scores``
+    (threshold 0.6). Returns the embedding requests."""
+    tr = Tracker(params)
+    reqs = []
+    k = 0
+    for i in range(45):
+        for r in tr.update(i / 15, [det(100 + 20 * i, 300, 80)]).embed_requests:
+            reqs.append(r)
+            tr.add_embedding(r.key, near(person(3), 0.1, i), quality_weight(Q), r.t, prescore_value=r.prescore)
+            tr.note_match(r.key, scores[min(k, len(scores) - 1)], 0.6)
+            k += 1
+    return tr, reqs
+
+
+def test_a_near_miss_gets_a_second_look_within_its_budget():
+    p = TrackParams(max_embeds=2, min_improvement=0.0, second_look_embeds=3, second_look_margin=0.1)
+    tr, reqs = _second_look_run(p, [0.55])              # always just below the threshold
+    second = [r for r in reqs if r.second_look]
+    assert len(second) == 3 and tr.counts["second_looks"] == 3
+    assert len(next(iter(tr.tracks.values())).embeddings) == 2 + 3   # all fused into the probe
+    # far below the threshold: no second look (a stranger is not embedded again and again)
+    tr2, reqs2 = _second_look_run(p, [0.3])
+    assert not any(r.second_look for r in reqs2)
+    # off
+    tr3, reqs3 = _second_look_run(TrackParams(max_embeds=2, min_improvement=0.0, second_look_embeds=0), [0.55])
+    assert not any(r.second_look for r in reqs3)

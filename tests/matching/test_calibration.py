@@ -34,8 +34,10 @@ def _tail(t):
 def test_table_tracks_the_empirical_tail(cal, gauss):
     assert cal.n_comparisons == gauss.size and cal.log10_fmr[0] == 0.0
     assert all(np.diff(cal.t) > 0) and all(np.diff(cal.log10_fmr) < 0)
-    # the last point still has >= 10 exceedances: FMR >= 10 / n
-    assert cal.min_supported_fmr >= 10 / gauss.size * (1 - 1e-9)
+    # the last table point still has >= 10 exceedances: FMR >= 10 / n
+    assert 10 ** cal.log10_fmr[-1] >= 10 / gauss.size * (1 - 1e-9)
+    # support beyond the table only as deep as the sample still has comparisons
+    assert cal.min_supported_fmr >= 3 / gauss.size * (1 - 1e-9)
     for t in (1.0, 2.0, 3.0, 4.0):
         assert cal.log10_fmr_at(t) == pytest.approx(math.log10(_tail(t)), abs=0.05)
 
@@ -132,3 +134,22 @@ def test_config_options():
         validate({"match": {"target_fpir": 0.0}})
     with pytest.raises(ConfigError):
         validate({"match": {"target_fpir": 0.9}})
+
+
+def test_tail_supported_beyond_the_table_only_where_the_sample_agrees():
+    rng = np.random.default_rng(1)
+    # an exponential tail (what the tail model assumes): checked and supported to ~3 / n
+    expo = rng.exponential(size=2_000_000)
+    c = fit_calibration(expo)
+    assert c.tail_slope == pytest.approx(math.log10(math.e), rel=0.05)
+    assert c.min_supported_fmr < 10 ** c.log10_fmr[-1] and c.min_supported_fmr <= 3e-6
+    assert all(abs(obs - pred) < 4 * math.sqrt(pred) + 2 for _, pred, obs in c.tail_check)
+    # a tail the exponential model does not describe (a cluster of far-out impostors): the
+    # first check beyond the table fails and nothing beyond the table is supported
+    heavy = np.concatenate([rng.normal(size=2_000_000), rng.normal(9.0, 0.3, size=40)])
+    h = fit_calibration(heavy)
+    assert h.min_supported_fmr == pytest.approx(10 ** h.log10_fmr[-1])
+    assert len(h.tail_check) == 1
+    # round trip keeps the supported depth
+    back = ScoreCalibration.from_manifest(c.to_manifest())
+    assert back.min_supported_fmr == pytest.approx(c.min_supported_fmr, rel=1e-3)

@@ -1,6 +1,7 @@
 """Rig mode: expectations files, checking alerts against them, JUnit XML, and the whole
 `edge-lfr replay` on a composed video with a real signed bundle and a rig config file."""
 import io
+import json
 import xml.etree.ElementTree as ET
 from contextlib import redirect_stdout
 from types import SimpleNamespace
@@ -124,7 +125,7 @@ def _replay(rig, *extra):
 def test_replay_meets_the_expectations_and_writes_junit(rig):
     t = rig["tmp"]
     code, out = _replay(rig, "--expect", str(t / "expected.yaml"), "--junit", str(t / "ok.xml"),
-                        "--json", str(t / "report.json"))
+                        "--json", str(t / "report.json"), "--detections", str(t / "dets.jsonl"))
     assert code == 0, out
     listed = [a for a in rig["scene"].actors if a.subject_id]
     assert out.count("  alert  ") == len(listed)
@@ -132,7 +133,22 @@ def test_replay_meets_the_expectations_and_writes_junit(rig):
     suite = ET.parse(t / "ok.xml").getroot().find("testsuite")
     assert suite.get("failures") == "0"
     names = [c.get("name") for c in suite.findall("testcase")]
-    assert any(n.startswith(listed[0].subject_id) for n in names)
+    # a case names the pass it checks (the expectation's label: who walked, which pass)
+    assert f"pass {listed[0].label}: {listed[0].subject_id} alerts 1x" in " ".join(names)
+    # --json: every alert with its frame, box, track and the track's start, in the walker's pass
+    rep = json.loads((t / "report.json").read_text())
+    assert rep["lockstep"] is True
+    assert len(rep["alerts_raised"]) == len(listed)
+    (a,) = [x for x in rep["alerts_raised"] if x["subject_id"] == listed[0].subject_id]
+    assert a["subject_id"] == listed[0].subject_id and a["t"] == pytest.approx(a["frame"] / rig["scene"].fps)
+    assert listed[0].start <= a["track_start_t"] <= a["t"] <= listed[0].end
+    truth = dict((id(x), b) for x, b in rig["scene"].truth_at(a["t"]))[id(listed[0])]
+    assert abs((a["box"][0] + a["box"][2]) / 2 - (truth[0] + truth[2]) / 2) < 0.5 * (truth[2] - truth[0])
+    # --detections: one line per frame, the alert's track among that frame's detections
+    lines = [json.loads(x) for x in (t / "dets.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(rig["scene"].n_frames))
+    at = lines[a["frame"]]["detections"]
+    assert any(d["track"] == a["track_id"] and d["box"] == a["box"] for d in at)
     assert "no unexpected alerts" in names
     props = {q.get("name") for q in suite.iter("property")}
     assert {"fps", "frames_processed", "dropped_frames", "detect_p95_ms", "capture_to_alert_p95_ms"} <= props

@@ -228,6 +228,7 @@ def test_build_then_inspect_verify_load_and_match(tmp_path, enrol_dir, recognize
     assert _cli(build + ["--passphrase-file", str(pw), "--report", str(tmp_path / "r.json")]) == 0
     text = capsys.readouterr().out
     assert "subjects 4" in text and "accepted 5, rejected 0" in text
+    assert "3 subject(s) enrolled from one photo only" in text     # S-GUL gave two, all of them enrolled
     assert out.stat().st_mode & 0o777 == 0o600
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["bundle"]["subjects"] == 4 and report["enrolment"]["accepted"] == 5
