@@ -24,7 +24,7 @@ from edge.appliance.board import AlertEvent
 from edge.appliance.pipeline import OutboxSink, Pipeline
 from edge.appliance.preview import PreviewServer
 from edge.config import Config, validate
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError
 from edge.privacy.service_audit import ServiceAudit
 from edge.recognition.api import Recognizer
 from edge.watchlist.errors import BundleError
@@ -129,7 +129,8 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
     try:
         return _assemble(config, source, recognizers, state, unit, service_audit, bundle=bundle, restore=restore,
                          publish=publish, preview=preview, on_alert=on_alert, unit_id=unit_id,
-                         max_frames=max_frames, keep_events=keep_events, say=say)
+                         max_frames=max_frames, keep_events=keep_events, on_frame=on_frame, on_match=on_match,
+                         say=say)
     except BaseException as exc:
         if service_audit is not None:     # a start on record gets its error and exactly one stop
             service_audit.failed_start(exc)
@@ -137,7 +138,7 @@ def build_appliance(config: Config, source, *, recognizers=None, state_dir: str 
 
 
 def _assemble(config, source, recognizers, state, unit, service_audit, *, bundle, restore, publish, preview,
-              on_alert, unit_id, max_frames, keep_events, say) -> Appliance:
+              on_alert, unit_id, max_frames, keep_events, on_frame, on_match, say) -> Appliance:
     if bundle is not None:
         live = unit.load(bundle)
         if service_audit is not None:

@@ -41,7 +41,6 @@ from edge import __version__
 from edge.errors import InputError
 from edge.privacy.audit import Verification
 from edge.types import CATEGORIES
-from edge.types import CATEGORIES as cats
 from edge.utc import format_utc_ms, parse_utc_ms
 
 __all__ = ["build_report", "render_html", "plot_png", "write_report", "render_png", "Window", "find_chromium"]
