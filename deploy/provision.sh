@@ -369,11 +369,11 @@ if [ "$INSTALL" = 1 ]; then
       printf 'deb [trusted=yes] file:%s ./\n' "$repo" > "$a/sources.list"   # trusted: SHA256SUMS is signed
       OFFAPT=(-o "Dir::Etc::SourceList=$a/sources.list" -o "Dir::Etc::SourceParts=$a/parts"
               -o "Dir::Etc::PreferencesParts=$a/prefs" -o "Dir::State::Lists=$a/lists"
-              -o "Dir::Cache=$a" -o "Dir::Cache::archives=$a/archives" -o "Dir::Cache::pkgcache="
-              -o "Dir::Cache::srcpkgcache=" -o APT::Sandbox::User=root -o Acquire::Languages=none)
+              -o "Dir::Cache::archives=$a/archives/" -o "Dir::Cache::pkgcache=$a/pkgcache.bin"
+              -o "Dir::Cache::srcpkgcache=$a/srcpkgcache.bin" -o APT::Sandbox::User=root -o Acquire::Languages=none)
       did "install ${want[*]} from the offline bundle's $arch packages (dpkg, no network)"
       apt-get "${OFFAPT[@]}" -qq update >"$a/log" 2>&1 || { cat "$a/log" >&2; die "cannot read the bundle's package list"; }
-      DEBIAN_FRONTEND=noninteractive apt-get "${OFFAPT[@]}" install -y -qq --no-install-recommends --no-download \
+      DEBIAN_FRONTEND=noninteractive apt-get "${OFFAPT[@]}" install -y -qq --no-install-recommends \
         "${want[@]}" >"$a/log" 2>&1 \
         || { tail -15 "$a/log" >&2; die "installing ${want[*]} from the bundle failed (see above); this OS may be newer than the bundle's Debian release"; }
     fi
