@@ -60,7 +60,7 @@ case "$what" in
     report="$(mktemp /tmp/edge-lfr-system-report.XXXXXX)"
     t0=$SECONDS
     set +e
-    EDGE_LFR_SYSTEM_REPORT="$report" "$VENV/bin/python" -m pytest -o addopts=-ra -p no:cacheprovider tests/system "$@"
+    EDGE_LFR_SYSTEM_REPORT="$report" "$VENV/bin/python" -m pytest -o addopts=-ra -p no:cacheprovider -s tests/system "$@"
     rc=$?
     set -e
     "$VENV/bin/python" - "$report" "$((SECONDS - t0))" "$rc" <<'PY'

@@ -435,7 +435,8 @@ if [ "$INSTALL" = 1 ]; then
       >"$OFF/pip.log" 2>&1 || { tail -15 "$OFF/pip.log" >&2; die "cannot install pip into $VENV from the bundle"; }
     did "installed pip into $VENV from the offline bundle"
   fi
-  installed_code() { find "$VENV"/lib/python3*/site-packages/edge -type f -name '*.py' -print0 2>/dev/null \
+  # (no package yet on a first install: find fails, which pipefail must not turn into an exit)
+  installed_code() { { find "$VENV"/lib/python3*/site-packages/edge -type f -name '*.py' -print0 2>/dev/null || true; } \
                        | sort -z | xargs -0r sha256sum | sha256sum; }
   before="$(installed_code)"
   # numpy<2: picamera2's compiled helpers from apt (simplejpeg) are built against Bookworm's

@@ -27,14 +27,9 @@ T0 = time.monotonic()
 
 
 def progress(msg: str) -> None:
-    """One progress line on the terminal, even under pytest's output capture."""
-    line = f"[system-test {time.monotonic() - T0:6.0f} s] {msg}\n"
-    try:
-        with open("/dev/tty", "w") as tty:
-            tty.write(line)
-    except OSError:
-        sys.__stderr__.write(line)
-        sys.__stderr__.flush()
+    """One progress line on stderr (run.sh system-test runs pytest with -s, so it shows at once)."""
+    sys.__stderr__.write(f"[system-test {time.monotonic() - T0:6.0f} s] {msg}\n")
+    sys.__stderr__.flush()
 
 
 def record(test: str, what: str, value, note: str = "") -> None:

@@ -48,7 +48,8 @@ class VM:
         self.console = self.work / "console.log"
         self.ssh_port = free_port()
         self.mqtt_port = free_port()
-        self.accel = "kvm" if kvm_usable() else "tcg"
+        self.accel = "tcg"
+        self.accel_note = "no usable /dev/kvm"
         self.proc: subprocess.Popen | None = None
 
     # --- image ---------------------------------------------------------------------------------
@@ -80,6 +81,33 @@ class VM:
              f"{self.disk_gb}G"], timeout=900)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def probe_kvm(self, timeout: float = 30) -> None:
+        """Use KVM only when a guest kernel really runs under it: boot the image's kernel with no
+        disk and wait for it to reach its 'cannot mount root' panic. (Under some hypervisors a
+        nested /dev/kvm opens but the guest hangs or qemu aborts on an MSR it cannot set.)"""
+        if not kvm_usable():
+            return
+        log = self.work / "kvm-probe.log"
+        p = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "512",
+                              "-kernel", str(self.work / "vmlinuz"), "-append", "console=ttyS0 panic=-1",
+                              "-display", "none", "-serial", f"file:{log}", "-monitor", "none", "-no-reboot"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t = time.monotonic()
+        while time.monotonic() - t < timeout and p.poll() is None:
+            if log.exists() and "Kernel panic" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+        ok = log.exists() and "Kernel panic" in log.read_text(errors="replace")
+        if p.poll() is None:
+            p.kill()
+        err = (p.communicate(timeout=30)[1] or "").strip().splitlines()
+        if ok:
+            self.accel, self.accel_note = "kvm", "KVM"
+        else:
+            self.accel_note = ("/dev/kvm is there but a guest kernel does not run under it "
+                               f"({err[0][:90] if err else 'no console output in %d s' % timeout}): TCG")
+        progress(f"VM accelerator: {self.accel} ({self.accel_note})")
+
     # --- life cycle ---------------------------------------------------------------------------
     def boot(self) -> None:
         cmd = ["qemu-system-x86_64", "-machine", f"q35,accel={self.accel}", "-m", str(self.memory_mb), "-smp", "2",
@@ -90,8 +118,9 @@ class VM:
                           f"hostfwd=tcp:127.0.0.1:{self.mqtt_port}-:8883",
                "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci",
                "-display", "none", "-serial", f"file:{self.console}", "-monitor", "none"]
-        if self.accel == "kvm":
-            cmd[3:3] = ["-cpu", "host"]
+        if self.accel == "tcg":
+            cmd[1:3] = ["-machine", "q35,accel=tcg,thread=multi"]
+        cmd[3:3] = ["-cpu", "host" if self.accel == "kvm" else "max"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.work / "qemu.log", "w"))
 
     def ssh_cmd(self, command: str) -> list[str]:
