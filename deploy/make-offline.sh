@@ -101,9 +101,9 @@ fi
 for tool in python3 tar sha256sum openssl dpkg-scanpackages apt-get; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install python3 tar coreutils openssl dpkg-dev apt)"
 done
-SIGN=("$PYBIN" -m edge.release)
+SIGN=("$PYBIN" -m edge.tools.release)
 (cd "$CHECKOUT" && PYTHONPATH="$CHECKOUT" "${SIGN[@]}" --help >/dev/null 2>&1) \
-  || die "cannot run python -m edge.release with $PYBIN (give --python-bin: a Python with cryptography and pyyaml)"
+  || die "cannot run python -m edge.tools.release with $PYBIN (give --python-bin: a Python with cryptography and pyyaml)"
 
 VERSION="$(sed -n 's/^version *= *//p' "$CHECKOUT/setup.cfg" | head -1)"
 [ -n "$VERSION" ] || die "no version in $CHECKOUT/setup.cfg"

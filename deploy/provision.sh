@@ -242,7 +242,7 @@ say "edge-lfr provisioning of unit $UNIT_ID${P:+ under $ROOT}"
 # --- 0. the offline bundle: verified before anything in it is used ----------------------------------
 # The signature is checked with the OS's own openssl (no code from the bundle runs before that),
 # then every file against the signed SHA256SUMS, and no file may be unlisted.
-OFFLINE_CONTEXT='edge-lfr offline release SHA256SUMS v1'   # edge/release.py CONTEXT, without its newline
+OFFLINE_CONTEXT='edge-lfr offline release SHA256SUMS v1'   # edge/tools/release.py CONTEXT, without its newline
 if [ -n "$OFFLINE" ]; then
   for tool in tar sha256sum; do command -v "$tool" >/dev/null || die "$tool not found"; done
   say "  verifying the offline bundle $OFFLINE"

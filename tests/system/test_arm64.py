@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from systest import ROOT, ensure_binfmt_aarch64, offline_bundle, progress, record, require_root, require_tools, \
+from .systest import ROOT, ensure_binfmt_aarch64, offline_bundle, progress, record, require_root, require_tools, \
     rootfs_tar, run
 
 PACKAGES = ["python3", "openssl", "passwd", "util-linux", "diffutils", "ca-certificates", "procps"]
@@ -118,9 +118,9 @@ def rig_files(arm64, recognizer):
     bundle signed for it, all made on x86-64 and placed at /srv/rig inside the arm64 root."""
     if not (SHARED_FACES / "README.md").is_file():
         pytest.skip(f"real-face data not found at {SHARED_FACES} (clone the project with ../shared beside it)")
-    from edge.composer import Actor, Scene, cast
+    from edge.tools.composer import Actor, Scene, cast
     from edge.config import validate
-    from edge.rig import ThrowawayUnit
+    from edge.tools.rig import ThrowawayUnit
     root = arm64["root"]
     d = root / "srv/rig"
     d.mkdir(parents=True)
@@ -189,7 +189,7 @@ def test_arm64_embeddings_agree_with_x86_64(arm64, recognizer):
     np.save(d / "images.npy", np.stack(images))
     (d / "embed.py").write_text(
         "import sys, numpy as np\n"
-        "from edge.api import Recognizer\n"
+        "from edge.recognition.api import Recognizer\n"
         "r = Recognizer()\n"
         "np.save('/srv/emb/arm_chips.npy', r.embedder.embed(np.load('/srv/emb/chips.npy')))\n"
         "np.save('/srv/emb/arm_full.npy', np.stack([r.embed_image(i, use_gate=False) for i in np.load('/srv/emb/images.npy')]))\n"

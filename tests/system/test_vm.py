@@ -24,8 +24,8 @@ import cv2
 import pytest
 import yaml
 
-from systest import ROOT, offline_bundle, progress, record, require_root, require_tools, rootfs_tar, run
-from vm import PACKAGES, VM
+from .systest import ROOT, offline_bundle, progress, record, require_root, require_tools, rootfs_tar, run
+from .vm import PACKAGES, VM
 
 SHARED_FACES = ROOT.parent / "shared" / "faces"
 T = "vm"
@@ -38,7 +38,7 @@ class Alerts:
     """Every alert the observer receives from the VM's broker (TLS, observer certificate)."""
 
     def __init__(self, certs: Path, port: int):
-        from edge.mqtt_client import Subscriber
+        from edge.alerts.publisher import Subscriber
         self.messages: list[dict] = []
         self.lock = threading.Lock()
         self.sub = Subscriber("127.0.0.1", port, str(certs / "ca.crt"), str(certs / f"{OBSERVER}.crt"),
@@ -145,7 +145,7 @@ def vm(tmp_path_factory, recognizer):
         # 4. a watchlist: issuer key trusted by the unit, two listed people signed for this unit
         run(EDGE + ["keys", "issuer", "--name", "hq-systest", "--out", str(host / "keys")], timeout=60)
         (host / f"{UNIT}.unit.yaml").write_text(machine.sh(f"cat /etc/edge-lfr/{UNIT}.unit.yaml").stdout)
-        from edge.composer import Actor, Scene, cast
+        from edge.tools.composer import Actor, Scene, cast
         from edge.config import validate
         thr = validate({}).match.threshold_wanted
         people = cast(recognizer, SHARED_FACES, listed=2, unlisted=1, seed=7, min_genuine=thr + 0.012,

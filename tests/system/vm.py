@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from systest import progress, run
+from .systest import progress, run
 
 PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64", "openssh-server", "python3", "openssl",
             "passwd", "util-linux", "diffutils", "procps", "iproute2", "ca-certificates", "kmod"]

@@ -1,7 +1,7 @@
 """Sign and verify an offline install bundle's checksum list (``SHA256SUMS``) with a release key.
 
 A release key is an Ed25519 key pair made like a watchlist issuer's (``edge-lfr keys issuer
---name release-2026 --out keys/``): this module only reuses :mod:`edge.keys` (loading the
+--name release-2026 --out keys/``): this module only reuses :mod:`edge.watchlist.keys` (loading the
 private and public key files, :meth:`IssuerKey.sign`, :meth:`IssuerPublic.verifier`); there is
 no crypto of its own. The signed message is ``CONTEXT + SHA256SUMS`` so that a release signature
 can never pass for a watchlist signature or the other way round.
@@ -10,7 +10,7 @@ can never pass for a watchlist signature or the other way round.
 
 On the unit, ``deploy/provision.sh --offline`` verifies the same signature with the OS's own
 ``openssl pkeyutl`` before it runs anything from the bundle; ``pem`` prints the public key in
-the form openssl reads. Run as ``python -m edge.release``; exit codes: 0 ok, 1 signature does not
+the form openssl reads. Run as ``python -m edge.tools.release``; exit codes: 0 ok, 1 signature does not
 verify, 2 usage, 65 malformed input, 66 key file missing or malformed, 77 wrong passphrase.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EdgeError, InputError
-from .keys import IssuerKey, IssuerPublic, load_issuer_key, load_issuer_public, read_passphrase
+from ..errors import EdgeError, InputError
+from ..watchlist.keys import IssuerKey, IssuerPublic, load_issuer_key, load_issuer_public, read_passphrase
 
 __all__ = ["CONTEXT", "ReleaseSignatureError", "sign", "verify", "public_pem", "main"]
 
@@ -89,7 +89,7 @@ def _read(path: str, limit: int, what: str) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge.release",
+    p = argparse.ArgumentParser(prog="python -m edge.tools.release",
                                 description="Sign or verify an edge-lfr offline bundle's SHA256SUMS with a release "
                                             "key (an Ed25519 key made by 'edge-lfr keys issuer').")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout.write(public_pem(load_issuer_public(a.release_key)))
     except EdgeError as exc:
-        print(f"edge.release: error: {exc}", file=sys.stderr)
+        print(f"edge.tools.release: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        print(f"edge.release: error: {exc}", file=sys.stderr)
+        print(f"edge.tools.release: error: {exc}", file=sys.stderr)
         return 1
     return 0
 
