@@ -168,7 +168,14 @@ for entry in m.get("models", {}).values():
         if "file" in e and "sha256" in e:
             if hashlib.sha256((src / e["file"]).read_bytes()).hexdigest() != e["sha256"]:
                 sys.exit(f"{src / e['file']}: sha256 differs from the manifest")
+sn = m.get("score_normalisation")   # the background cohort the matcher normalises scores against
+if isinstance(sn, dict) and isinstance(sn.get("cohort_file"), str):
+    names.add(sn["cohort_file"])
+    if "sha256" in sn and hashlib.sha256((src / sn["cohort_file"]).read_bytes()).hexdigest() != sn["sha256"]:
+        sys.exit(f"{src / sn['cohort_file']}: sha256 differs from the manifest")
 for n in sorted(names):
+    if "/" in n or n.startswith("."):
+        sys.exit(f"unsafe file name in the manifest: {n!r}")
     shutil.copy2(src / n, dst / n)
 PY
 

@@ -461,7 +461,8 @@ EDGE=("$PYTHON" -m edge.cli)
 "${EDGE[@]}" --version >/dev/null 2>&1 || die "edge-lfr cannot be run with $PYTHON (give --python PATH)"
 
 # --- 5. models -------------------------------------------------------------------------------------
-# The manifest and every file it names (models, Edge TPU builds, licence texts), root-owned and
+# The manifest and every file it names (models, Edge TPU builds, licence texts, the score
+# normalisation's background cohort), root-owned and
 # read-only for the service; each checked against its sha256 after copying.
 model_list="$(python3 - "$MODELS_SRC/manifest.json" <<'PY'
 import json, sys
@@ -473,6 +474,9 @@ for entry in m.get("models", {}).values():
             names.add(entry[key])
     if isinstance(entry.get("edgetpu"), dict) and isinstance(entry["edgetpu"].get("file"), str):
         names.add(entry["edgetpu"]["file"])
+sn = m.get("score_normalisation")   # the background cohort the matcher normalises scores against
+if isinstance(sn, dict) and isinstance(sn.get("cohort_file"), str):
+    names.add(sn["cohort_file"])
 for n in sorted(names):
     if "/" in n or n.startswith("."):
         sys.exit(f"unsafe file name in manifest: {n!r}")
@@ -494,6 +498,10 @@ for name, entry in m["models"].items():
         if e and "file" in e and "sha256" in e:
             if hashlib.sha256((d / e["file"]).read_bytes()).hexdigest() != e["sha256"]:
                 sys.exit(f"{d / e['file']}: sha256 differs from the manifest")
+sn = m.get("score_normalisation")
+if isinstance(sn, dict) and "cohort_file" in sn and "sha256" in sn:
+    if hashlib.sha256((d / sn["cohort_file"]).read_bytes()).hexdigest() != sn["sha256"]:
+        sys.exit(f"{d / sn['cohort_file']}: sha256 differs from the manifest")
 PY
 
 if [ "$INSTALL" = 1 ]; then  # the venv and the models as the service will see them

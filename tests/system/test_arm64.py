@@ -32,6 +32,7 @@ def chroot(root: Path, script: str, *, timeout: float, check: bool = True) -> su
     """``script`` (bash) as root inside ``root`` with no network at all: a new network namespace
     holds only a loopback that is down, so no package mirror, DNS or PyPI can be reached."""
     wrapper = (f"set -e; mount -t proc proc {root}/proc; mount --rbind /dev {root}/dev; "
+               f"mount -t sysfs -o ro sysfs {root}/sys; "
                f"mount -t tmpfs tmpfs {root}/run; mount -t tmpfs tmpfs {root}/tmp; "
                f"exec chroot {root} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "
                f"EDGE_LFR_MODELS=/opt/edge-lfr/models /bin/bash -c \"$0\"")

@@ -118,9 +118,9 @@ class VM:
                           f"hostfwd=tcp:127.0.0.1:{self.mqtt_port}-:8883",
                "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci",
                "-display", "none", "-serial", f"file:{self.console}", "-monitor", "none"]
-        if self.accel == "tcg":
-            cmd[1:3] = ["-machine", "q35,accel=tcg,thread=multi"]
-        cmd[3:3] = ["-cpu", "host" if self.accel == "kvm" else "max"]
+        if self.accel == "tcg":   # multi-threaded TCG: one host thread per virtual CPU
+            cmd[1:3] = ["-machine", "q35", "-accel", "tcg,thread=multi"]
+        cmd[1:1] = ["-cpu", "host" if self.accel == "kvm" else "max"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.work / "qemu.log", "w"))
 
     def ssh_cmd(self, command: str) -> list[str]:
