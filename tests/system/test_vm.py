@@ -160,6 +160,7 @@ def vm(tmp_path_factory, recognizer):
                     cv2.imwrite(str(enrol / f"{person.subject_id}.png"), cv2.cvtColor(person.enrol_image, cv2.COLOR_RGB2BGR))
                     w.writerow([person.subject_id, "wanted", "R-TEST", f"{person.subject_id}.png", "system test", ""])
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 6 * 3600))
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))   # trusted before it signs
         run(EDGE + ["watchlist", "build", "--images", str(enrol), "--manifest", str(enrol / "list.csv"),
                     "--issuer-key", str(host / "keys/hq-systest.issuer.key"), "--unit", str(host / f"{UNIT}.unit.yaml"),
                     "--operation-id", "OP-SYSTEST", "--authorising-officer", "SYSTEST", "--valid-until", until,
@@ -167,7 +168,7 @@ def vm(tmp_path_factory, recognizer):
         machine.put(host / "keys/hq-systest.issuer.pub.yaml", "/root/hq.issuer.pub.yaml")
         machine.put(host / "B.edgewl", "/tmp/B.edgewl")
         machine.sh("/opt/edge-lfr/venv/bin/edge-lfr keys trust add --config /etc/edge-lfr/unit.yaml "
-                   f"--issuer /root/hq.issuer.pub.yaml --valid-from now --valid-until {until} && chmod 644 /tmp/B.edgewl && "
+                   f"--issuer /root/hq.issuer.pub.yaml --valid-from {since} --valid-until {until} && chmod 644 /tmp/B.edgewl && "
                    "runuser -u edge-lfr -- /opt/edge-lfr/venv/bin/edge-lfr watchlist load --config /etc/edge-lfr/unit.yaml "
                    "/tmp/B.edgewl", timeout=300)
 
