@@ -148,7 +148,7 @@ def vm(tmp_path_factory, recognizer):
         from edge.tools.composer import Actor, Scene, cast
         from edge.config import validate
         thr = validate({}).match.threshold_wanted
-        people = cast(recognizer, SHARED_FACES, listed=2, unlisted=1, seed=7, min_genuine=thr + 0.012,
+        people = cast(recognizer, SHARED_FACES, listed=1, unlisted=0, seed=7, min_genuine=thr + 0.012,
                       max_impostor=thr - 0.05, prefix="V")
         enrol = host / "enrol"
         enrol.mkdir()
@@ -172,17 +172,18 @@ def vm(tmp_path_factory, recognizer):
                    "runuser -u edge-lfr -- /opt/edge-lfr/venv/bin/edge-lfr watchlist load --config /etc/edge-lfr/unit.yaml "
                    "/tmp/B.edgewl", timeout=300)
 
-        # 5. the camera: a composed clip, looped in real time (every pass is new tracks)
+        # 5. the camera: a composed clip, looped (every pass is new tracks); pace "fast", i.e. no
+        #    frame dropped, because under TCG the pipeline is slower than real time
         actors = [Actor(pp.label, f"h{i}", pp.subject_id, 0.3 + 1.5 * i, 3.3 + 1.5 * i,
                         ((0.1, 0.35 + 0.2 * (i % 2)), (0.9, 0.35 + 0.2 * (i % 2))), (90, 120, 75, 110)[i % 4])
                   for i, pp in enumerate(people)]
-        scene = Scene({f"h{i}": pp.head for i, pp in enumerate(people)}, actors, size=(960, 540), fps=10.0,
+        scene = Scene({f"h{i}": pp.head for i, pp in enumerate(people)}, actors, size=(640, 360), fps=10.0,
                       duration=max(a.end for a in actors) + 0.5, background=SHARED_FACES / "video" / "vtest.avi")
         scene.write_video(host / "pass.avi")
         machine.sh("mkdir -p /opt/edge-lfr/rig")
         machine.put(host / "pass.avi", "/opt/edge-lfr/rig/pass.avi")
         machine.sh("chmod 644 /opt/edge-lfr/rig/pass.avi && cat >> /etc/edge-lfr/unit.yaml <<'EOF'\n"
-                   "camera:\n  source: file\n  path: /opt/edge-lfr/rig/pass.avi\n  loop: true\n  pace: realtime\n"
+                   "camera:\n  source: file\n  path: /opt/edge-lfr/rig/pass.avi\n  loop: true\n  pace: fast\n"
                    "track:\n  realert_cooldown_seconds: 0.0\nEOF\n"
                    "/opt/edge-lfr/venv/bin/edge-lfr config --check /etc/edge-lfr/unit.yaml >/dev/null")
 
@@ -222,8 +223,9 @@ def test_service_reaches_ready(vm):
 
 def test_alerts_reach_the_broker(vm):
     alerts = vm["alerts"]
-    assert alerts.wait(len(vm["listed"]), timeout=120 + 2 * vm["pass_s"]), \
-        f"only {len(alerts.ids())} alerts in {120 + 2 * vm['pass_s']:.0f} s"
+    t = time.monotonic()
+    assert alerts.wait(len(vm["listed"]), timeout=600), f"only {len(alerts.ids())} alerts in 600 s"
+    record(T, "wait for the first alerts at the observer", f"{time.monotonic() - t:.0f} s", "TCG: a slow pipeline")
     with alerts.lock:
         msgs = list(alerts.messages)
     assert all(m["unit_id"] == UNIT for m in msgs)
@@ -246,8 +248,9 @@ def test_kill_9_restarts_and_no_alert_is_lost_or_duplicated(vm):
     assert int(now["NRestarts"]) == int(before["NRestarts"]) + 1
     restart = usec(now, "ActiveEnterTimestampMonotonic") - t_kill
     record(T, "kill -9 -> active (READY) again", f"{restart:.1f} s", "RestartSec=10s included")
-    # keep it running for two more passes, then stop it and let every committed alert out
-    time.sleep(2 * vm["pass_s"] + 5)
+    # keep it running for two more alerts, then stop it and let every committed alert out
+    n = len(set(alerts.ids()))
+    assert alerts.wait(n + 2, timeout=600), "no alert after the restart"
     m.sh("systemctl stop edge-lfr")
     m.sh("systemctl start edge-lfr", timeout=180)   # the outbox is drained by the publisher
     deadline = time.monotonic() + 120
@@ -261,7 +264,7 @@ def test_kill_9_restarts_and_no_alert_is_lost_or_duplicated(vm):
     dup = len(got) - len(set(got))
     record(T, "alerts made (outbox) / delivered (unique event ids) / duplicated",
            f"{len(made_ids)} / {len(set(got) & set(made_ids))} / {dup}", "across kill -9, stop and start")
-    assert len(made_ids) == len(set(made_ids)) >= 2 * len(vm["listed"])
+    assert len(made_ids) == len(set(made_ids)) >= len(vm["listed"]) + 2
     assert set(made_ids) == set(got), (set(made_ids) ^ set(got))
     assert dup == 0
 
@@ -338,4 +341,4 @@ def test_a_reboot_comes_back_up_on_its_own(vm):
     record(T, "reboot: kernel start to edge-lfr READY", f"{usec(p, 'ActiveEnterTimestampMonotonic'):.1f} s",
            f"ssh back {t:.0f} s after going down; NRestarts {p['NRestarts']}")
     assert m.show("edge-lfr-purge.timer", "ActiveState")["ActiveState"] == "active"
-    assert alerts.wait(n + 1, timeout=60 + 2 * vm["pass_s"]), "no new alert after the reboot"
+    assert alerts.wait(n + 1, timeout=600), "no new alert after the reboot"
