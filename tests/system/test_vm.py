@@ -184,7 +184,10 @@ def vm(tmp_path_factory, recognizer):
         machine.put(host / "pass.avi", "/opt/edge-lfr/rig/pass.avi")
         machine.sh("chmod 644 /opt/edge-lfr/rig/pass.avi && cat >> /etc/edge-lfr/unit.yaml <<'EOF'\n"
                    "camera:\n  source: file\n  path: /opt/edge-lfr/rig/pass.avi\n  loop: true\n  pace: fast\n"
-                   "track:\n  realert_cooldown_seconds: 0.0\nEOF\n"
+                   "track:\n  realert_cooldown_seconds: 0.0\n"
+                   # one inference thread: under TCG the unit would otherwise starve sshd of CPU
+                   "pipeline:\n  workers: 1\nEOF\n"
+                   "sed -i 's/^runtime:$/runtime:\\n  threads: 1/' /etc/edge-lfr/unit.yaml\n"
                    "/opt/edge-lfr/venv/bin/edge-lfr config --check /etc/edge-lfr/unit.yaml >/dev/null")
 
         # 6. the observer subscribes, then the certificates go in and provisioning starts the service

@@ -125,11 +125,21 @@ class VM:
 
     def ssh_cmd(self, command: str) -> list[str]:
         return ["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30",
                 "-o", "BatchMode=yes", "root@127.0.0.1", command]
 
     def sh(self, command: str, *, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        return run(self.ssh_cmd(command), timeout=timeout, check=check)
+        """``command`` as root in the VM; a connection that fails (ssh's 255: a busy emulated
+        guest can miss the banner deadline) is tried again, up to 3 times."""
+        for attempt in range(3):
+            p = run(self.ssh_cmd(command), timeout=timeout, check=False)
+            if p.returncode != 255 or "Connection" not in p.stderr:
+                break
+            time.sleep(2)
+        if check and p.returncode != 0:
+            raise AssertionError(f"in the VM: {command!r} exited {p.returncode}\n--- stdout ---\n{p.stdout[-4000:]}\n"
+                                 f"--- stderr ---\n{p.stderr[-4000:]}")
+        return p
 
     def put(self, src: Path, dest: str, timeout: float = 600) -> None:
         run(["scp", "-q", "-i", str(self.key), "-P", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
@@ -142,7 +152,7 @@ class VM:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"qemu exited {self.proc.returncode}: {(self.work / 'qemu.log').read_text()[-2000:]}")
             try:
-                if subprocess.run(self.ssh_cmd("true"), capture_output=True, timeout=15).returncode == 0:
+                if subprocess.run(self.ssh_cmd("true"), capture_output=True, timeout=45).returncode == 0:
                     return time.monotonic() - t
             except subprocess.TimeoutExpired:
                 pass
@@ -154,7 +164,7 @@ class VM:
         t = time.monotonic()
         while time.monotonic() - t < timeout:
             try:
-                if subprocess.run(self.ssh_cmd("true"), capture_output=True, timeout=5).returncode != 0:
+                if subprocess.run(self.ssh_cmd("true"), capture_output=True, timeout=35).returncode != 0:
                     return
             except subprocess.TimeoutExpired:
                 return
