@@ -26,7 +26,8 @@ required:
                            for its IP address (make-certs.sh server broker 192.0.2.10).
 
 options:
-  --wheel-or-src PATH      edge-lfr wheel or source checkout to install (default: this checkout)
+  --wheel-or-src PATH      edge-lfr wheel or source checkout to install (default: this checkout;
+                           with --offline: the bundle's wheel)
   --models DIR             models folder with manifest.json (default: this checkout's models/)
   --ca FILE                install the MQTT CA certificate as /etc/edge-lfr/mqtt/ca.crt
   --unit-cert FILE         install the unit's signed MQTT certificate as /etc/edge-lfr/mqtt/unit.crt
@@ -35,6 +36,13 @@ options:
                            users are then added to DIR/etc/passwd; needs --no-install
   --no-install             test mode: no apt, no venv or pip, no systemctl or udevadm on the
                            running system (with --root, the unit is still enabled inside DIR)
+  --offline FILE           install from a signed offline bundle (deploy/make-offline.sh) with no
+                           network at all: its SHA256SUMS signature is checked with openssl
+                           against --release-key, then every file against SHA256SUMS, before
+                           anything in it is used; the wheels, models, unit files and (only for
+                           packages the OS lacks) .debs all come from it
+  --release-key PUB        the release public key (NAME.issuer.pub.yaml, or PEM), required with
+                           --offline; get it from the back office, not from the bundle's medium
   --python PATH            Python that runs edge-lfr for key generation and config checks
                            (default: /opt/edge-lfr/venv/bin/python; with --no-install: python3,
                            with --wheel-or-src on PYTHONPATH when it is a checkout)
@@ -64,6 +72,8 @@ CA_IN=
 CERT_IN=
 INSTALL=1
 PYTHON=
+OFFLINE=
+RELEASE_KEY=
 
 while [ $# -gt 0 ]; do
   opt="$1"
@@ -71,7 +81,7 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --no-install) INSTALL=0; shift; continue ;;
     --*=*) val="${opt#*=}"; opt="${opt%%=*}"; shift ;;
-    --root|--unit-id|--broker|--wheel-or-src|--models|--ca|--unit-cert|--python)
+    --root|--unit-id|--broker|--wheel-or-src|--models|--ca|--unit-cert|--python|--offline|--release-key)
       [ $# -ge 2 ] || usage_error "$opt needs a value"
       val="$2"; shift 2 ;;
     *) usage_error "unknown argument: $opt" ;;
@@ -85,6 +95,8 @@ while [ $# -gt 0 ]; do
     --ca) CA_IN="$val" ;;
     --unit-cert) CERT_IN="$val" ;;
     --python) PYTHON="$val" ;;
+    --offline) OFFLINE="$val" ;;
+    --release-key) RELEASE_KEY="$val" ;;
     *) usage_error "unknown option: $opt" ;;
   esac
 done
@@ -132,9 +144,20 @@ if [ -n "$P" ]; then
     [ -f "$P/etc/$f" ] || usage_error "--root $ROOT has no etc/$f: --root must be an unpacked image's root file system (holding its etc/passwd, etc/group, etc/shadow, etc/gshadow), e.g. 'mkdir -p $ROOT/etc && cp /etc/{passwd,group,shadow,gshadow} $ROOT/etc/' for a test tree, or the mounted root partition of a Raspberry Pi OS image"
   done
 fi
-[ -e "$SRC" ] || usage_error "--wheel-or-src $SRC: not found"
-SRC="$(cd "$(dirname "$SRC")" && pwd -P)/$(basename "$SRC")"
-[ -f "$MODELS_SRC/manifest.json" ] || usage_error "--models $MODELS_SRC: no manifest.json there"
+if [ -n "$OFFLINE" ]; then
+  [ -f "$OFFLINE" ] || usage_error "--offline $OFFLINE: not found"
+  [ -n "$RELEASE_KEY" ] || usage_error "--offline needs --release-key PUB (the release public key from the back office)"
+  [ -f "$RELEASE_KEY" ] || usage_error "--release-key $RELEASE_KEY: not found"
+  [ "$SRC" = "$CHECKOUT" ] && [ "$MODELS_SRC" = "$CHECKOUT/models" ] \
+    || usage_error "--offline takes the wheel and the models from the bundle: drop --wheel-or-src and --models"
+  OFFLINE="$(cd "$(dirname "$OFFLINE")" && pwd -P)/$(basename "$OFFLINE")"
+  RELEASE_KEY="$(cd "$(dirname "$RELEASE_KEY")" && pwd -P)/$(basename "$RELEASE_KEY")"
+else
+  [ -z "$RELEASE_KEY" ] || usage_error "--release-key is for --offline FILE"
+  [ -e "$SRC" ] || usage_error "--wheel-or-src $SRC: not found"
+  SRC="$(cd "$(dirname "$SRC")" && pwd -P)/$(basename "$SRC")"
+  [ -f "$MODELS_SRC/manifest.json" ] || usage_error "--models $MODELS_SRC: no manifest.json there"
+fi
 [ -z "$CA_IN" ] || [ -f "$CA_IN" ] || usage_error "--ca $CA_IN: not found"
 [ -z "$CERT_IN" ] || [ -f "$CERT_IN" ] || usage_error "--unit-cert $CERT_IN: not found"
 
@@ -222,6 +245,81 @@ changed() { local c; for c in ${CHANGED[@]+"${CHANGED[@]}"}; do [ "$c" = "$1" ] 
 
 say "edge-lfr provisioning of unit $UNIT_ID${P:+ under $ROOT}"
 
+# --- 0. the offline bundle: verified before anything in it is used ----------------------------------
+# The signature is checked with the OS's own openssl (no code from the bundle runs before that),
+# then every file against the signed SHA256SUMS, and no file may be unlisted.
+OFFLINE_CONTEXT='edge-lfr offline release SHA256SUMS v1'   # edge/tools/release.py CONTEXT, without its newline
+if [ -n "$OFFLINE" ]; then
+  for tool in tar sha256sum; do command -v "$tool" >/dev/null || die "$tool not found"; done
+  say "  verifying the offline bundle $OFFLINE"
+  mkdir -p /var/tmp
+  newtmp /var/tmp; OFF="$TMP"
+  # members: regular files and folders only, under one top folder, no absolute or '..' paths
+  tar -tvf "$OFFLINE" > "$OFF/list" 2>"$OFF/log" || die "$OFFLINE is not a tar file: $(head -1 "$OFF/log")"
+  awk '{ t = substr($1, 1, 1); if (t != "-" && t != "d") { print "member of type " t ": " $NF; exit 1 } }' "$OFF/list" \
+    > "$OFF/bad" || die "$OFFLINE holds a link or device ($(cat "$OFF/bad")); refusing it"
+  tops="$(tar -tf "$OFFLINE" | awk -F/ '{ print $1 }' | sort -u)"
+  [[ "$tops" =~ ^edge-lfr-offline-[A-Za-z0-9._+-]+$ ]] || die "$OFFLINE is not an edge-lfr offline bundle (top folder: ${tops:0:80})"
+  ! tar -tf "$OFFLINE" | grep -qE '(^|/)\.\.(/|$)|^/' || die "$OFFLINE has a member outside its folder; refusing it"
+  mkdir "$OFF/x"
+  tar -xf "$OFFLINE" -C "$OFF/x" --no-same-owner --no-same-permissions --no-overwrite-dir 2>"$OFF/log" \
+    || die "cannot unpack $OFFLINE: $(head -1 "$OFF/log")"
+  BUNDLE="$OFF/x/$tops"
+  for f in SHA256SUMS SHA256SUMS.sig; do [ -f "$BUNDLE/$f" ] || die "$OFFLINE has no $f: not a signed bundle"; done
+  # the release key as PEM: a NAME.issuer.pub.yaml (raw base64 Ed25519, checked against its key_id) or PEM
+  python3 - "$RELEASE_KEY" "$OFF/release.pem" "$BUNDLE/SHA256SUMS.sig" "$OFF/sig.bin" <<'PY' 2>"$OFF/log" \
+    || die "$(cat "$OFF/log")"
+import base64, binascii, hashlib, json, re, sys
+key_path, pem_out, sig_path, sig_out = sys.argv[1:]
+text = open(key_path, encoding="utf-8", errors="replace").read(65536)
+if "-----BEGIN PUBLIC KEY-----" in text:
+    der = base64.b64decode("".join(l for l in text.splitlines() if l and not l.startswith("-----")))
+    raw, kid = der[-32:], None
+    if len(der) != 44 or der[:12] != bytes.fromhex("302a300506032b6570032100"):
+        sys.exit(f"--release-key {key_path}: not an Ed25519 public key")
+else:
+    m = re.search(r"^ed25519: *'?([A-Za-z0-9+/=]+)'?\s*$", text, re.M)
+    k = re.search(r"^key_id: *'?([0-9a-f]{64})'?\s*$", text, re.M)
+    if not m or not k or "edge-lfr-issuer-public-key" not in text:
+        sys.exit(f"--release-key {key_path}: not a release public key (NAME.issuer.pub.yaml with ed25519 and key_id)")
+    try:
+        raw = base64.b64decode(m.group(1), validate=True)
+    except binascii.Error:
+        raw = b""
+    kid = k.group(1)
+    if len(raw) != 32 or hashlib.sha256(raw).hexdigest() != kid:
+        sys.exit(f"--release-key {key_path}: damaged (its key_id does not match its key)")
+kid = hashlib.sha256(raw).hexdigest()
+open(pem_out, "w").write("-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(
+    bytes.fromhex("302a300506032b6570032100") + raw).decode() + "\n-----END PUBLIC KEY-----\n")
+try:
+    doc = json.loads(open(sig_path, "rb").read(4096))
+    sig = base64.b64decode(doc["sig"], validate=True)
+    assert doc["alg"] == "ed25519" and len(sig) == 64
+except Exception:
+    sys.exit("the bundle's SHA256SUMS.sig is malformed")
+if doc.get("key_id") != kid:
+    sys.exit(f"the bundle is signed by key {str(doc.get('key_id'))[:16]}..., not by the release key {kid[:16]}...: "
+             "refusing it (wrong --release-key, or not an official bundle)")
+open(sig_out, "wb").write(sig)
+PY
+  { printf '%s\n' "$OFFLINE_CONTEXT"; cat "$BUNDLE/SHA256SUMS"; } > "$OFF/signed"
+  openssl pkeyutl -verify -pubin -inkey "$OFF/release.pem" -rawin -in "$OFF/signed" -sigfile "$OFF/sig.bin" \
+    >"$OFF/log" 2>&1 || die "BAD SIGNATURE: $OFFLINE's SHA256SUMS is not signed by --release-key $RELEASE_KEY (altered or forged bundle); nothing was installed"
+  (cd "$BUNDLE" && sha256sum --strict --quiet -c SHA256SUMS) >"$OFF/log" 2>&1 \
+    || die "checksum mismatch in $OFFLINE: $(grep -v '^sha256sum' "$OFF/log" | head -3 | tr '\n' ' ')(altered bundle); nothing was installed"
+  (cd "$BUNDLE" && find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig -printf '%P\n' | LC_ALL=C sort) > "$OFF/have"
+  sed 's/^[0-9a-f]\{64\}  //' "$BUNDLE/SHA256SUMS" | LC_ALL=C sort > "$OFF/listed"
+  extra="$(comm -23 "$OFF/have" "$OFF/listed" | head -3 | tr '\n' ' ')"
+  [ -z "$extra" ] || die "$OFFLINE holds files not in its signed SHA256SUMS: $extra; refusing it"
+  say "  good signature (release key $(basename "$RELEASE_KEY")), $(wc -l < "$OFF/listed") files checked"
+  # from now on, every file comes from the verified bundle
+  CHECKOUT="$BUNDLE"; HERE="$BUNDLE/deploy"; MODELS_SRC="$BUNDLE/models"
+  SRC="$(ls "$BUNDLE"/wheels/edge_lfr-*.whl 2>/dev/null | head -1)"
+  [ -n "$SRC" ] || die "$OFFLINE has no edge_lfr wheel"
+  [ -f "$MODELS_SRC/manifest.json" ] || die "$OFFLINE has no models/manifest.json"
+fi
+
 # One run per root at a time (a lock on the root folder itself: no lock file is left behind);
 # then scratch folders left by a killed run can be removed safely.
 exec 9<"$ROOT"
@@ -247,7 +345,45 @@ if [ "$INSTALL" = 1 ]; then
   for pkg in python3-venv python3-picamera2 openssl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
-  if [ ${#missing[@]} -gt 0 ]; then
+  if [ -n "$OFFLINE" ]; then
+    # No network: the bundle's local apt repository for this architecture, and nothing else
+    # (no configured source, no package list of the system's own is read or changed).
+    # python3-picamera2 is not there (it comes from the Raspberry Pi archive, not Debian); it is
+    # part of the full Raspberry Pi OS image. The van-local broker's mosquitto is installed when
+    # --broker is this machine and the OS lacks it.
+    want=()
+    for pkg in ${missing[@]+"${missing[@]}"}; do
+      if [ "$pkg" = python3-venv ]; then
+        continue   # the venv gets pip from the bundle's wheel instead (step 4)
+      elif [ "$pkg" = python3-picamera2 ]; then
+        say "  note: python3-picamera2 is not installed and is not in the offline bundle (Raspberry Pi archive);"
+        say "        the Pi camera needs it (flash the full Raspberry Pi OS image, or install it when online)"
+      else
+        want+=("$pkg")
+      fi
+    done
+    case "$BROKER_HOST" in
+      127.*|::1|localhost)
+        dpkg-query -W -f='${Status}' mosquitto 2>/dev/null | grep -q "ok installed" || want+=(mosquitto) ;;
+    esac
+    if [ ${#want[@]} -gt 0 ]; then
+      arch="$(dpkg --print-architecture)"
+      repo="$BUNDLE/debs/$arch"
+      [ -f "$repo/Packages" ] || die "the OS lacks ${want[*]} and $OFFLINE has no .deb files for $arch"
+      newtmp /var/tmp; a="$TMP"
+      mkdir -p "$a/lists/partial" "$a/parts" "$a/prefs" "$a/archives/partial"
+      printf 'deb [trusted=yes] file:%s ./\n' "$repo" > "$a/sources.list"   # trusted: SHA256SUMS is signed
+      OFFAPT=(-o "Dir::Etc::SourceList=$a/sources.list" -o "Dir::Etc::SourceParts=$a/parts"
+              -o "Dir::Etc::PreferencesParts=$a/prefs" -o "Dir::State::Lists=$a/lists"
+              -o "Dir::Cache::archives=$a/archives/" -o "Dir::Cache::pkgcache=$a/pkgcache.bin"
+              -o "Dir::Cache::srcpkgcache=$a/srcpkgcache.bin" -o APT::Sandbox::User=root -o Acquire::Languages=none)
+      did "install ${want[*]} from the offline bundle's $arch packages (dpkg, no network)"
+      apt-get "${OFFAPT[@]}" -qq update >"$a/log" 2>&1 || { cat "$a/log" >&2; die "cannot read the bundle's package list"; }
+      DEBIAN_FRONTEND=noninteractive apt-get "${OFFAPT[@]}" install -y -qq --no-install-recommends \
+        "${want[@]}" >"$a/log" 2>&1 \
+        || { tail -15 "$a/log" >&2; die "installing ${want[*]} from the bundle failed (see above); this OS may be newer than the bundle's Debian release"; }
+    fi
+  elif [ ${#missing[@]} -gt 0 ]; then
     did "apt-get install ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -288,16 +424,39 @@ ensure_dir "$DROPIN_DIR" 0755 0 0
 # --- 4. venv and package (real system only) -------------------------------------------------
 if [ "$INSTALL" = 1 ]; then
   if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv --system-site-packages "$VENV"
+    if [ -n "$OFFLINE" ] && ! python3 -c 'import ensurepip' 2>/dev/null; then
+      # No python3-venv (its .deb is pinned to the OS's exact python3.x build, so the bundle
+      # can't carry one that fits every point release): a venv without pip, then pip from the
+      # bundle's pip wheel.
+      python3 -m venv --system-site-packages --without-pip "$VENV" || die "python3 -m venv failed"
+    else
+      python3 -m venv --system-site-packages "$VENV"
+    fi
     did "created venv $VENV"
   fi
-  installed_code() { find "$VENV"/lib/python3*/site-packages/edge -type f -name '*.py' -print0 2>/dev/null \
+  if [ -n "$OFFLINE" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    pipwhl="$(ls "$BUNDLE"/wheels/pip-*.whl 2>/dev/null | head -1)"
+    [ -n "$pipwhl" ] || die "$OFFLINE has no pip wheel to bootstrap the venv"
+    "$VENV/bin/python" "$pipwhl/pip" install --disable-pip-version-check -q --no-index --find-links "$BUNDLE/wheels" pip \
+      >"$OFF/pip.log" 2>&1 || { tail -15 "$OFF/pip.log" >&2; die "cannot install pip into $VENV from the bundle"; }
+    did "installed pip into $VENV from the offline bundle"
+  fi
+  # (no package yet on a first install: find fails, which pipefail must not turn into an exit)
+  installed_code() { { find "$VENV"/lib/python3*/site-packages/edge -type f -name '*.py' -print0 2>/dev/null || true; } \
                        | sort -z | xargs -0r sha256sum | sha256sum; }
   before="$(installed_code)"
-  did "pip install ${SRC}[pi] into $VENV"
   # numpy<2: picamera2's compiled helpers from apt (simplejpeg) are built against Bookworm's
   # numpy 1.x and fail to import next to numpy 2 in the venv.
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${SRC}[pi]" "numpy<2"
+  if [ -n "$OFFLINE" ]; then
+    # only the bundle's wheels; picamera2 comes from the OS (--system-site-packages)
+    reqs=("$SRC"); "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info >= (3, 13))' && reqs+=("numpy<2")
+    did "pip install $(basename "$SRC") into $VENV from the offline bundle (--no-index)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-index --find-links "$BUNDLE/wheels" \
+      "${reqs[@]}" >"$OFF/pip.log" 2>&1 || { tail -15 "$OFF/pip.log" >&2; die "pip install from the bundle failed (see above)"; }
+  else
+    did "pip install ${SRC}[pi] into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${SRC}[pi]" "numpy<2"
+  fi
   [ "$(installed_code)" = "$before" ] || CHANGED+=("$VENV")   # restart the service below
   PYTHON="${PYTHON:-$VENV/bin/python}"
 else
@@ -308,7 +467,8 @@ EDGE=("$PYTHON" -m edge.cli)
 "${EDGE[@]}" --version >/dev/null 2>&1 || die "edge-lfr cannot be run with $PYTHON (give --python PATH)"
 
 # --- 5. models -------------------------------------------------------------------------------------
-# The manifest and every file it names (models, Edge TPU builds, licence texts), root-owned and
+# The manifest and every file it names (models, Edge TPU builds, licence texts, the score
+# normalisation's background cohort), root-owned and
 # read-only for the service; each checked against its sha256 after copying.
 model_list="$(python3 - "$MODELS_SRC/manifest.json" <<'PY'
 import json, sys
@@ -320,6 +480,9 @@ for entry in m.get("models", {}).values():
             names.add(entry[key])
     if isinstance(entry.get("edgetpu"), dict) and isinstance(entry["edgetpu"].get("file"), str):
         names.add(entry["edgetpu"]["file"])
+sn = m.get("score_normalisation")   # the background cohort the matcher normalises scores against
+if isinstance(sn, dict) and isinstance(sn.get("cohort_file"), str):
+    names.add(sn["cohort_file"])
 for n in sorted(names):
     if "/" in n or n.startswith("."):
         sys.exit(f"unsafe file name in manifest: {n!r}")
@@ -341,6 +504,10 @@ for name, entry in m["models"].items():
         if e and "file" in e and "sha256" in e:
             if hashlib.sha256((d / e["file"]).read_bytes()).hexdigest() != e["sha256"]:
                 sys.exit(f"{d / e['file']}: sha256 differs from the manifest")
+sn = m.get("score_normalisation")
+if isinstance(sn, dict) and "cohort_file" in sn and "sha256" in sn:
+    if hashlib.sha256((d / sn["cohort_file"]).read_bytes()).hexdigest() != sn["sha256"]:
+        sys.exit(f"{d / sn['cohort_file']}: sha256 differs from the manifest")
 PY
 
 if [ "$INSTALL" = 1 ]; then  # the venv and the models as the service will see them

@@ -146,6 +146,8 @@ def model_files() -> list[str]:
             names.add(e["licence_file"])
         if isinstance(e.get("edgetpu"), dict):
             names.add(e["edgetpu"]["file"])
+    if "cohort_file" in m.get("score_normalisation", {}):
+        names.add(m["score_normalisation"]["cohort_file"])
     return sorted(names)
 
 
@@ -240,8 +242,11 @@ def test_models_match_the_manifest(provisioned):
     from edge.recognition.runtime import find_models_dir, load_manifest
     root, _ = provisioned
     d = find_models_dir(root / "opt/edge-lfr/models")
-    for name, entry in load_manifest(d)["models"].items():
+    m = load_manifest(d)
+    for name, entry in m["models"].items():
         assert hashlib.sha256((d / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], name
+    sn = m["score_normalisation"]   # without it the service exits 69 ("background cohort file missing")
+    assert hashlib.sha256((d / sn["cohort_file"]).read_bytes()).hexdigest() == sn["sha256"]
 
 
 def test_systemd_files(provisioned):
