@@ -22,8 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import EdgeError, InputError
-from ..watchlist.keys import IssuerKey, IssuerPublic, load_issuer_key, load_issuer_public, read_passphrase
+from edge.errors import EdgeError, InputError
+from edge.watchlist.keys import IssuerKey, IssuerPublic, load_issuer_key, load_issuer_public, read_passphrase
 
 __all__ = ["CONTEXT", "ReleaseSignatureError", "sign", "verify", "public_pem", "main"]
 
