@@ -130,7 +130,7 @@ def test_one_place_assembles_the_appliance(constructor):
     The alert benches make a bare publisher (they measure the publisher alone), the watchlist
     and audit commands open the stored list, the rig's throwaway unit checks its own bundles; the
     benches build the recognizers once for all their runs."""
-    allowed = {"edge/appliance/builder.py", "edge/tools/bench_alerts.py", "edge/tools/bench_flood.py", "edge/cli/watchlist.py",
+    allowed = {"edge/appliance/builder.py", "edge/tools/bench_alerts.py", "edge/cli/watchlist.py",
                "edge/cli/audit.py", "edge/tools/rig.py", "edge/appliance/service.py", "edge/tools/demo.py",
                "edge/tools/bench_pipeline.py", "edge/tools/bench_scenes.py"}
     users = {str(p.relative_to(ROOT)) for p in EDGE.rglob("*.py") if constructor in _calls(p)}

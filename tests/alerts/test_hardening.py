@@ -98,7 +98,7 @@ def test_an_adjudication_flood_never_holds_back_alerts(cert_dir, broker, tmp_pat
 
 
 def test_bench_alerts_flood_reports_the_figure(capsys):
-    from edge.tools.bench_flood import run_flood
+    from edge.tools.bench_alerts import run_flood
     out = run_flood(300, say=print)
     assert out["during_flood"]["n"] >= 20 and out["during_flood"]["p95_ms"] < 1000
     assert "flood of 300 duplicate adjudications" in capsys.readouterr().out

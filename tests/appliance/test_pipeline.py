@@ -145,7 +145,7 @@ def test_the_run_writes_only_the_outbox_and_the_watchlist_state(e2e):
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     allowed = {"outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "watchlist/current.edgewl",
                "watchlist/state.json", "watchlist/.lock",
-               ".outbox-reserve"}   # zeros the outbox keeps for a full disk (edge/alerts/outbox.py)
+               ".outbox-reserve"}   # zeros: disk space kept for the outbox to open on a full disk
     assert set(files) <= allowed, files
     db = sqlite3.connect(root / "outbox.sqlite")
     assert db.execute("select count(*) from outbox").fetchone()[0] == len(e2e["pipeline"].events)
