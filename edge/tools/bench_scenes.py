@@ -303,6 +303,14 @@ def score_run(scene, events, matches, frames_found: dict[int, int]) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def _lo(bucket: str) -> float:
+    """Sort key of a width bucket label ('48-64' -> 48)."""
+    try:
+        return float(bucket.split("-")[0])
+    except ValueError:
+        return math.inf
+
+
 def _pct(xs, q):
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
@@ -350,7 +358,8 @@ def summarise(runs: list[dict]) -> dict:
                      "duplicates": s["duplicates"], "time_to_alert_p50": _pct(s["tta"], 50),
                      "time_to_alert_p95": _pct(s["tta"], 95), "missed_why": s["why"],
                      "embeddings": s["embeddings"], "second_looks": s["second_looks"],
-                     "recall_by_width": {k: round(v[1] / max(1, v[0]), 3) for k, v in sorted(s["by_width"].items())}})
+                     "recall_by_width": {k: round(v[1] / max(1, v[0]), 3)
+                                         for k, v in sorted(s["by_width"].items(), key=lambda kv: _lo(kv[0]))}})
     return rows
 
 
@@ -363,7 +372,9 @@ def _merge_det(acc: dict, d: dict) -> None:
 
 
 def _rates(acc: dict) -> dict:
-    return {part: {k: {"faces": n, "found": round(f / max(1, n), 3)} for k, (n, f) in sorted(v.items())}
+    order = {f"<{SPEED_BUCKETS[0][1]:g}": 0}
+    return {part: {k: {"faces": n, "found": round(f / max(1, n), 3)}
+                   for k, (n, f) in sorted(v.items(), key=lambda kv: order.get(kv[0], _lo(kv[0].lstrip(">="))))}
             for part, v in acc.items()}
 
 
@@ -554,7 +565,7 @@ def plot(path, r: dict) -> Path:
             axes[0].plot([max(s["list_size"]) for s in rows], [100 * s["recall"] for s in rows], marker="o",
                          label=f"{fps:g} fps, {ph} photo{'s' if ph > 1 else ''}")
             for s in rows:
-                ks = list(s["recall_by_width"])
+                ks = sorted(s["recall_by_width"], key=_lo)
                 axes[1].plot(range(len(ks)), [100 * s["recall_by_width"][k] for k in ks], marker=".",
                              label=f"{fps:g} fps, {ph} ph, N={max(s['list_size'])}")
                 axes[1].set_xticks(range(len(ks)), ks)
