@@ -592,6 +592,19 @@ def run(args) -> int:
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.scenes < 1 or args.listed < 1 or args.unlisted < 0:
         raise InputError("--scenes and --listed must be >= 1, --unlisted >= 0")
+    if not all(0 < f <= 120 for f in args.fps):
+        raise InputError("--fps: frame rates must be in (0, 120]")
+    if not all(p in (1, 2) for p in args.photos):
+        raise InputError("--photos: 1 or 2 enrolment photos per subject (a listed walker is pasted from a third)")
+    try:
+        w, h = (int(v) for v in str(args.size).lower().split("x"))
+        if not (320 <= w <= 8192 and 240 <= h <= 8192):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080 (320x240 at least)") from None
+    for name in args.lists:
+        if name != "all" and not str(name).isdigit():
+            raise InputError(f"--lists: {name!r} is neither a number nor 'all'")
     r = run_scenes(args, say)
     say(format_report(r))
     if getattr(args, "plot", None):
