@@ -146,11 +146,14 @@ class Embeddings:
                  model=np.array(str(self.rec.embedder_sha256)))
 
 
-def list_entries(names, identities, emb: Embeddings, photos: int, prefix: str, bar=None):
-    """(subject ids by name, SubjectEntry list, embeddings (N, 128)) for the names that enrol."""
+def list_entries(names, identities, emb: Embeddings, photos: int, prefix: str, bar=None, limit: int = 0):
+    """(subject ids by name, SubjectEntry list, embeddings (N, 128)) for the names that enrol
+    (the first ``limit`` that do, when given)."""
     from edge.watchlist.bundle import SubjectEntry
     ids, entries, rows = {}, [], []
     for n in names:
+        if limit and len(entries) >= limit:
+            break
         vecs = []
         for p in identities[n][:photos]:
             v = emb.get(p)
@@ -430,7 +433,7 @@ def run_scenes(args, say=print) -> dict:
                   "enrolment embeddings", unit="photo") as bar:
         distractor_sets = {}
         for ph in photos_opts:
-            distractor_sets[ph] = list_entries(split.distractors[:need], identities, emb, ph, "X", bar)
+            distractor_sets[ph] = list_entries(split.distractors, identities, emb, ph, "X", bar, limit=need)
     emb.save()
     t_all = time.monotonic()
     runs, det_pipe, det_ref = [], {}, {}
