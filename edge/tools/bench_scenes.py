@@ -146,11 +146,14 @@ class Embeddings:
                  model=np.array(str(self.rec.embedder_sha256)))
 
 
-def list_entries(names, identities, emb: Embeddings, photos: int, prefix: str, bar=None):
-    """(subject ids by name, SubjectEntry list, embeddings (N, 128)) for the names that enrol."""
+def list_entries(names, identities, emb: Embeddings, photos: int, prefix: str, bar=None, limit: int = 0):
+    """(subject ids by name, SubjectEntry list, embeddings (N, 128)) for the names that enrol
+    (the first ``limit`` that do, when given)."""
     from edge.watchlist.bundle import SubjectEntry
     ids, entries, rows = {}, [], []
     for n in names:
+        if limit and len(entries) >= limit:
+            break
         vecs = []
         for p in identities[n][:photos]:
             v = emb.get(p)
@@ -303,6 +306,14 @@ def score_run(scene, events, matches, frames_found: dict[int, int]) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def _lo(bucket: str) -> float:
+    """Sort key of a width bucket label ('48-64' -> 48)."""
+    try:
+        return float(bucket.split("-")[0])
+    except ValueError:
+        return math.inf
+
+
 def _pct(xs, q):
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
@@ -350,7 +361,8 @@ def summarise(runs: list[dict]) -> dict:
                      "duplicates": s["duplicates"], "time_to_alert_p50": _pct(s["tta"], 50),
                      "time_to_alert_p95": _pct(s["tta"], 95), "missed_why": s["why"],
                      "embeddings": s["embeddings"], "second_looks": s["second_looks"],
-                     "recall_by_width": {k: round(v[1] / max(1, v[0]), 3) for k, v in sorted(s["by_width"].items())}})
+                     "recall_by_width": {k: round(v[1] / max(1, v[0]), 3)
+                                         for k, v in sorted(s["by_width"].items(), key=lambda kv: _lo(kv[0]))}})
     return rows
 
 
@@ -363,7 +375,9 @@ def _merge_det(acc: dict, d: dict) -> None:
 
 
 def _rates(acc: dict) -> dict:
-    return {part: {k: {"faces": n, "found": round(f / max(1, n), 3)} for k, (n, f) in sorted(v.items())}
+    order = {f"<{SPEED_BUCKETS[0][1]:g}": 0}
+    return {part: {k: {"faces": n, "found": round(f / max(1, n), 3)}
+                   for k, (n, f) in sorted(v.items(), key=lambda kv: order.get(kv[0], _lo(kv[0].lstrip(">="))))}
             for part, v in acc.items()}
 
 
@@ -419,7 +433,7 @@ def run_scenes(args, say=print) -> dict:
                   "enrolment embeddings", unit="photo") as bar:
         distractor_sets = {}
         for ph in photos_opts:
-            distractor_sets[ph] = list_entries(split.distractors[:need], identities, emb, ph, "X", bar)
+            distractor_sets[ph] = list_entries(split.distractors, identities, emb, ph, "X", bar, limit=need)
     emb.save()
     t_all = time.monotonic()
     runs, det_pipe, det_ref = [], {}, {}
@@ -554,7 +568,7 @@ def plot(path, r: dict) -> Path:
             axes[0].plot([max(s["list_size"]) for s in rows], [100 * s["recall"] for s in rows], marker="o",
                          label=f"{fps:g} fps, {ph} photo{'s' if ph > 1 else ''}")
             for s in rows:
-                ks = list(s["recall_by_width"])
+                ks = sorted(s["recall_by_width"], key=_lo)
                 axes[1].plot(range(len(ks)), [100 * s["recall_by_width"][k] for k in ks], marker=".",
                              label=f"{fps:g} fps, {ph} ph, N={max(s['list_size'])}")
                 axes[1].set_xticks(range(len(ks)), ks)
@@ -581,6 +595,19 @@ def run(args) -> int:
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.scenes < 1 or args.listed < 1 or args.unlisted < 0:
         raise InputError("--scenes and --listed must be >= 1, --unlisted >= 0")
+    if not all(0 < f <= 120 for f in args.fps):
+        raise InputError("--fps: frame rates must be in (0, 120]")
+    if not all(p in (1, 2) for p in args.photos):
+        raise InputError("--photos: 1 or 2 enrolment photos per subject (a listed walker is pasted from a third)")
+    try:
+        w, h = (int(v) for v in str(args.size).lower().split("x"))
+        if not (320 <= w <= 8192 and 240 <= h <= 8192):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080 (320x240 at least)") from None
+    for name in args.lists:
+        if name != "all" and not str(name).isdigit():
+            raise InputError(f"--lists: {name!r} is neither a number nor 'all'")
     r = run_scenes(args, say)
     say(format_report(r))
     if getattr(args, "plot", None):
