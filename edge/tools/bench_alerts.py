@@ -255,7 +255,7 @@ def run_flood(n: int, *, interval: float = 0.02, max_seconds: float = 120.0, say
 
             def alert(i: int) -> tuple[float, int]:
                 a = alerts.build_alert(match, ctx, track_id=i, first_seen=time.time() - 1.0, probe_crop=probe,
-                                       reference=probe, max_image_bytes=8192)
+                                       reference=probe, max_image_bytes=8192, context_image=probe)
                 events.append(a["event_id"])
                 seq = pub.submit(a)
                 return time.monotonic(), seq
