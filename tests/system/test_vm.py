@@ -38,7 +38,7 @@ class Alerts:
     """Every alert the observer receives from the VM's broker (TLS, observer certificate)."""
 
     def __init__(self, certs: Path, port: int):
-        from edge.alerts.publisher import Subscriber
+        from edge.alerts.subscriber import Subscriber
         self.messages: list[dict] = []
         self.lock = threading.Lock()
         self.sub = Subscriber("127.0.0.1", port, str(certs / "ca.crt"), str(certs / f"{OBSERVER}.crt"),
