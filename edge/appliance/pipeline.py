@@ -441,15 +441,20 @@ class Pipeline:
         self.board.stop()
         self._alerts.put(None)
 
+    def _next_result(self):
+        """The next worker result; ``("wake",)`` after POLL_SECONDS of quiet (so the coordinator
+        looks at the board); None once the run is aborted."""
+        try:
+            return self._results.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            return ("wake",)
+
     def _coordinate_live(self) -> None:
         pending: dict[int, DetectResult] = {}
         expected = 0
         outstanding = 0
         while True:
-            try:
-                item = self._results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                item = ("wake",)
+            item = self._next_result()
             if item is None:
                 break
             if isinstance(item, DetectResult):
@@ -484,10 +489,7 @@ class Pipeline:
             return True
 
         while True:
-            try:
-                item = self._results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                item = ("wake",)
+            item = self._next_result()
             if item is None:
                 return
             if isinstance(item, DetectResult):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -16,9 +15,10 @@ import uuid
 import pytest
 
 from edge.alerts.adjudication import AdjudicationRecords
-from edge.alerts.localbroker import LOOPBACK, Mosquitto, deploy_dir, free_port, make_certs, need
+from edge.alerts.localbroker import Mosquitto, deploy_dir, make_certs, need
+from tests.support.brokers import HandheldBroker
 from edge.alerts.outbox import Outbox, OutboxError
-from edge.alerts.publisher import AlertPublisher, Delivery
+from edge.alerts.publisher import AlertPublisher
 from edge.alerts.schema import AdjudicationError
 from edge.alerts import message as alerts
 from edge.privacy.audit import AuditLog, read_entries
@@ -144,17 +144,6 @@ def test_ids_with_a_trailing_newline_are_refused(field):
 
 # --- item 3: 10 MiB on the officers' WebSockets listener ----------------------------------------
 
-class _HandheldBroker(Mosquitto):
-    def __init__(self, workdir, cert_dir):
-        workdir.mkdir(parents=True, exist_ok=True)
-        template = workdir / "hq+handhelds.conf.in"
-        mosq = deploy_dir() / "mosquitto"
-        template.write_text((mosq / "hq.conf.in").read_text() + "\n" + (mosq / "handhelds.conf.in").read_text())
-        self.TEMPLATES = {"hq+handhelds": str(template)}
-        self.ws_port = free_port()
-        super().__init__(workdir, cert_dir, layout="hq+handhelds", ws_port=self.ws_port, ws_interface="lo")
-
-
 def test_oversized_message_on_the_wss_listener_never_reaches_the_unit(tmp_path):
     try:
         need("mosquitto_passwd")
@@ -165,7 +154,7 @@ def test_oversized_message_on_the_wss_listener_never_reaches_the_unit(tmp_path):
     for args, stdin in ((["officer", "off-01"], password + "\n"), (["acl"], "")):
         subprocess.run(["bash", str(deploy_dir() / "make-certs.sh"), "-d", str(certs), *args], input=stdin,
                        text=True, check=True, capture_output=True, timeout=60)
-    b = _HandheldBroker(tmp_path / "broker", certs).start()
+    b = HandheldBroker(tmp_path / "broker", certs).start()
     cfg = unit_config(certs, b.port, tmp_path / "state")
     got = []
     pub = AlertPublisher(cfg, on_adjudication=lambda a: got.append(a) and None).start()

@@ -50,7 +50,8 @@ from edge.alerts.adjudication import AdjudicationRecords  # noqa: E402
 from edge.alerts.message import AlertContext, build_alert, encode
 from edge.alerts.schema import ADJUDICATION_SCHEMA_V2, AlertError, check
 from edge.config import validate  # noqa: E402
-from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, deploy_dir, free_port, make_certs, need  # noqa: E402
+from edge.alerts.localbroker import LOOPBACK, BrokerError, deploy_dir, make_certs, need  # noqa: E402
+from tests.support.brokers import HandheldBroker  # noqa: E402
 from edge.alerts.publisher import AlertPublisher
 from edge.alerts.subscriber import Subscriber
 from edge.alerts.outbox import Outbox  # noqa: E402
@@ -220,20 +221,6 @@ def handheld_alert(category: str = "wanted", n: int = 0, *, above: float = 0.06,
 
 
 # --- the rig: broker, static site, unit, browser ---------------------------------------
-
-class HandheldBroker(Mosquitto):
-    """hq.conf.in with handhelds.conf.in appended (as docs/handheld.md says), on loopback:
-    ``port`` (TLS, certificates) and ``ws_port`` (WebSockets + TLS, passwords, interface lo)."""
-
-    def __init__(self, workdir: Path, cert_dir: Path):
-        workdir.mkdir(parents=True, exist_ok=True)
-        template = workdir / "hq+handhelds.conf.in"
-        mosq = deploy_dir() / "mosquitto"
-        template.write_text((mosq / "hq.conf.in").read_text() + "\n" + (mosq / "handhelds.conf.in").read_text())
-        self.TEMPLATES = {"hq+handhelds": str(template)}
-        self.ws_port = free_port()
-        super().__init__(workdir, cert_dir, layout="hq+handhelds", ws_port=self.ws_port, ws_interface="lo")
-
 
 class _Quiet(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 
 from edge.alerts.message import AlertContext, build_alert
 from edge.config import validate
-from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, make_certs, need
+from edge.alerts.localbroker import LOOPBACK, BrokerError, Mosquitto, deploy_dir, free_port, make_certs, need
 from edge.alerts.subscriber import Subscriber
 from edge.types import Match
 
@@ -268,3 +268,19 @@ def wait_for(pred, timeout: float) -> bool:
 
 
 # --- delivery, topics, schema ------------------------------------------------------------
+
+
+# --- the officers' broker: HQ layout with the handhelds' WebSockets listener --------------
+
+class HandheldBroker(Mosquitto):
+    """hq.conf.in with handhelds.conf.in appended (as docs/handheld.md says), on loopback:
+    ``port`` (TLS, certificates) and ``ws_port`` (WebSockets + TLS, passwords, interface lo)."""
+
+    def __init__(self, workdir: Path, cert_dir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        template = workdir / "hq+handhelds.conf.in"
+        mosq = deploy_dir() / "mosquitto"
+        template.write_text((mosq / "hq.conf.in").read_text() + "\n" + (mosq / "handhelds.conf.in").read_text())
+        self.TEMPLATES = {"hq+handhelds": str(template)}
+        self.ws_port = free_port()
+        super().__init__(workdir, cert_dir, layout="hq+handhelds", ws_port=self.ws_port, ws_interface="lo")
