@@ -19,10 +19,11 @@ What it does, all on lfw-dev and reproducible (no randomness):
    pair outside the shipped cohort's identities with the shipped model, and every pair that
    involves a shipped-cohort face (but no face of the other half) with a model whose cohort is
    the other half of the single-image identities (the same size, drawn the same way). Some 20
-   million comparisons: the table reaches FMR ~5e-7, and the tail beyond it
-   (:func:`edge.matching.calibration.fit_calibration`) is fitted on the top 1e-4 and checked
-   against the sample down to 3 comparisons (FMR ~1.5e-7), which a list of 10,000 at target
-   FPIR 0.001 needs (1e-7). The cross-fitted open-set check of ``edge-lfr eval lfw`` is
+   million comparisons (less the cross pairs of names that are one person,
+   ``models/lfw_dev_errata.txt``): the table reaches FMR ~5e-6, and the tail beyond it
+   (:func:`edge.matching.calibration.fit_calibration`) is fitted on the top 1e-5 and checked
+   against the sample down to 3 comparisons (FMR ~1.5e-7); then the fusion offsets and the pass
+   multiplicity (:func:`fusion_study`). The cross-fitted open-set check of ``edge-lfr eval lfw`` is
    recorded as the validation;
 4. writes the ``score_normalisation`` section of ``models/manifest.json`` (read, modified and
    written back at once; every other section is kept as it is).
@@ -34,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +101,11 @@ def pair_scores(model: ScoreModel, emb: np.ndarray, ident: np.ndarray, mask_rows
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
-def all_pairs_impostors(table, identities, top_fraction: float):
+def all_pairs_impostors(table, identities, top_fraction: float, aliases: dict[str, str] | None = None):
     """(shipped model, impostor t of every pair scored by a cohort holding neither identity,
-    cohort rows, cohort names, description)."""
+    cohort rows, cohort names, description). ``aliases`` (second name -> first,
+    :func:`edge.tools.evaluation.lfw.load_aliases`): one person under two names, never paired."""
+    aliases = aliases or {}
     ok = table.ok
     a_names = sorted(n for n, ps in identities.items() if in_cohort(n, len(ps)))
     b_names = sorted(n for n, ps in identities.items() if len(ps) == 1 and not in_cohort(n, 1))
@@ -115,18 +120,95 @@ def all_pairs_impostors(table, identities, top_fraction: float):
     # 1. everything outside cohort A, scored by A
     out_a = [n for n in names if n not in a_set]
     r1 = rows_of(out_a)
-    id1 = np.array([names.index(n) for n in out_a for p in identities[n] if ok[table.index[p]]])
+    person = {n: i for i, n in enumerate(names)}
+    person.update({a: person[b] for a, b in aliases.items() if a in person and b in person})
+    id1 = np.array([person[n] for n in out_a for p in identities[n] if ok[table.index[p]]])
     v1 = pair_scores(model_a, table.embeddings[r1], id1)
     # 2. pairs with a face of A (and none of B), scored by B
     out_b = [n for n in names if n not in b_set]
     r2 = rows_of(out_b)
-    id2 = np.array([names.index(n) for n in out_b for p in identities[n] if ok[table.index[p]]])
+    id2 = np.array([person[n] for n in out_b for p in identities[n] if ok[table.index[p]]])
     in_a = np.array([n in a_set for n in out_b for p in identities[n] if ok[table.index[p]]])
     v2 = pair_scores(model_b, table.embeddings[r2], id2, mask_rows=in_a)
     how = (f"every non-mated pair of lfw-dev scored by a cohort holding neither identity: {v1.size:,} pairs "
            f"outside the shipped cohort's {len(a_names)} identities (shipped cohort), {v2.size:,} pairs with a "
-           f"shipped-cohort face (the other {len(b_names)} single-image identities as cohort)")
+           f"shipped-cohort face (the other {len(b_names)} single-image identities as cohort); "
+           f"{len(aliases)} pairs of names that are one person (models/{ev_lfw.ERRATA_FILE}) never paired")
     return model_a, np.concatenate([v1, v2]), a_rows, a_names, how
+
+
+#: tracks for the fusion study: people outside the cohort with this many usable photos (one is
+#: the template, the rest the track's views in order)
+FUSION_TRACK_PHOTOS = 6
+#: FMR levels the fusion offsets are read at: the deepest with enough exceedances in ~10^5 comparisons
+#: (thresholds live deeper still, where the shift is smaller: at 1e-2 it was 0.31 for two views)
+FUSION_LEVELS = (1e-3, 1e-4)
+
+
+def _quantile(v: np.ndarray, fmr: float) -> float:
+    v = np.sort(v)
+    return float(v[len(v) - max(1, int(fmr * len(v)))])
+
+
+def fusion_study(model: ScoreModel, table, identities, cohort_names, aliases, calibration):
+    """Fusion offsets, their reference spread and the pass multiplicity, measured on lfw-dev.
+
+    Tracks: people outside the cohort with FUSION_TRACK_PHOTOS usable photos; views 1..k of a
+    track fused (as the unit fuses a track's embeddings) and compared with the first photo of
+    every other person outside the cohort who has two or more (the list). The offset for k views
+    is how far the strangers' t quantiles at FUSION_LEVELS moved from one view (averaged, made
+    non-decreasing in k); the reference spread is the tracks' mean view spread; the pass
+    multiplicity is how many times more often *any* of a track's k fused probes (each lowered by
+    its offset) reaches a threshold than its first view alone, at the thresholds of FMR 1e-3 and
+    1e-4 (geometric mean), rounded up to a tenth."""
+    from edge.appliance.track import view_spread
+    from edge.recognition.fusion import fuse_embeddings
+    ok = table.ok
+    cohort = set(cohort_names)
+    canon = lambda n: aliases.get(n, n)  # noqa: E731
+    usable = {n: [table.index[p] for p in ps if ok[table.index[p]]] for n, ps in identities.items() if n not in cohort}
+    listed = sorted(n for n, r in usable.items() if len(r) >= 2)
+    tracks = sorted(n for n, r in usable.items() if len(r) >= FUSION_TRACK_PHOTOS)
+    templates = np.stack([table.embeddings[usable[n][0]] for n in listed]).astype(np.float32)
+    mu_g, sd_g = model.cohort_stats(templates)
+    who = np.array([canon(n) for n in listed])
+    k_max = FUSION_TRACK_PHOTOS - 1
+    per_k = {k: [] for k in range(1, k_max + 1)}
+    spreads, probes = [], []
+    for n in tracks:
+        views = table.embeddings[usable[n][1:FUSION_TRACK_PHOTOS]].astype(np.float32)
+        fused = np.stack([fuse_embeddings(views[:k]) for k in range(1, k_max + 1)]).astype(np.float32)
+        mu_p, sd_p = model.cohort_stats(fused)
+        s = fused @ templates.T
+        t = ((s - mu_g[None]) / sd_g[None] + (s - mu_p[:, None]) / sd_p[:, None] + (s - model.mu0) / model.sd0) / 3
+        t = t[:, who != canon(n)]
+        for k in range(1, k_max + 1):
+            per_k[k].append(t[k - 1])
+        spreads.append([view_spread(views[:k]) for k in range(1, k_max + 1)])
+        probes.append(t)
+    pooled = {k: np.concatenate(v) for k, v in per_k.items()}
+    base = {f: _quantile(pooled[1], f) for f in FUSION_LEVELS}
+    offsets = [float(np.mean([_quantile(pooled[k], f) - base[f] for f in FUSION_LEVELS])) for k in range(2, k_max + 1)]
+    offsets = [round(float(v), 4) for v in np.maximum.accumulate(np.maximum(offsets, 0.0))]
+    reference = float(np.mean([sp[-1] for sp in spreads]))
+    cal = replace(calibration, fusion_offsets=tuple(offsets), reference_spread=round(reference, 5))
+    ratios = {}
+    for fmr in (1e-3, 1e-4):
+        thr = cal.t_for_score(-math.log10(fmr) / 10.0)
+        first = any_ = 0
+        for t, sp in zip(probes, spreads):
+            adj = t - np.array([[cal.fusion_offset(k, sp[k - 1])] for k in range(1, k_max + 1)])
+            first += int(np.count_nonzero(t[0] >= thr))
+            any_ += int(np.count_nonzero(adj.max(axis=0) >= thr))
+        ratios[f"{fmr:g}"] = (any_, first)
+    mult = math.exp(np.mean([math.log(max(a, 1) / max(f, 1)) for a, f in ratios.values()]))
+    mult = max(1.0, math.ceil(mult * 10.0) / 10.0)
+    details = {"tracks": len(tracks), "views": k_max, "list": len(listed),
+               "comparisons_per_view": int(pooled[1].size),
+               "quantile_shift_by_views": {k: {f"{f:g}": round(_quantile(pooled[k], f) - base[f], 3)
+                                               for f in FUSION_LEVELS} for k in range(2, k_max + 1)},
+               "any_probe_vs_first_view (pairs over threshold)": ratios}
+    return replace(cal, pass_multiplicity=mult), details
 
 
 def write_section(models_dir: Path, section: dict) -> Path:
@@ -165,10 +247,12 @@ def main(argv=None) -> int:
 
     # the shipped cohort (half the single-image identities) and every pair scored by a cohort
     # holding neither face's identity -> calibration
-    model, vals, rows, cohort_names, how = all_pairs_impostors(table, identities, args.top_fraction)
+    aliases = ev_lfw.load_aliases(args.models_dir)
+    model, vals, rows, cohort_names, how = all_pairs_impostors(table, identities, args.top_fraction, aliases)
     source = f"lfw-dev ({len(identities)} identities): {how}; {vals.size:,} non-mated comparisons"
     cal = fit_calibration(vals, source)
     del vals
+    cal, fusion = fusion_study(model, table, identities, cohort_names, aliases, cal)
     cohort = np.ascontiguousarray(model.cohort, dtype=np.float32)
 
     # validation: the cross-fitted open-set check of edge-lfr eval (folds' cohorts from the other
@@ -201,9 +285,16 @@ def main(argv=None) -> int:
                       "lowered the cross-fitted figures; models/fit_projection.py)",
         "validation": {"watchlist_size": n_list, "policy_check_cross_fitted": check,
                        "thresholds_for": examples},
+        "fusion_study": fusion,
     }
+    print(f"calibration: {len(cal.t)} points down to FMR {10 ** cal.log10_fmr[-1]:.2g}, tail slope "
+          f"{cal.tail_slope:.3f} decades per unit, supported down to FMR {cal.min_supported_fmr:.2g}; "
+          f"tail check (log10 FMR, predicted, observed): {list(cal.tail_check)}")
+    print("policy check (cross-fitted):", json.dumps(check))
+    print("thresholds:", json.dumps(examples))
+    print(f"fusion offsets {list(cal.fusion_offsets)} (reference spread {cal.reference_spread}), pass multiplicity "
+          f"{cal.pass_multiplicity}: {json.dumps(fusion)}")
     if args.dry_run:
-        print(json.dumps(section | {"calibration": cal.to_manifest()}, indent=1)[:4000])
         return 0
     out = args.models_dir / COHORT_FILE
     np.save(out, cohort, allow_pickle=False)
@@ -216,11 +307,6 @@ def main(argv=None) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(rows)} faces, top_k {model.top_k}, "
           f"mu0 {model.mu0:.4f}, sd0 {model.sd0:.5f}) and the {MANIFEST_SECTION!r} section of "
           f"{args.models_dir / 'manifest.json'} in {time.time() - t0:.0f} s")
-    print(f"calibration: {len(cal.t)} points down to FMR {10 ** cal.log10_fmr[-1]:.2g}, tail slope "
-          f"{cal.tail_slope:.3f} decades per unit, supported down to FMR {cal.min_supported_fmr:.2g}; "
-          f"tail check (log10 FMR, predicted, observed): {list(cal.tail_check)}")
-    print("policy check (cross-fitted):", json.dumps(check))
-    print("thresholds:", json.dumps(examples))
     return 0
 
 

@@ -574,7 +574,7 @@ class Pipeline:
             self.tally["unmatched_no_list"] += 1
             return
         t0 = time.monotonic()
-        m = live.matcher.match(out.probe)
+        m = live.matcher.match(out.probe, views=out.embeds, spread=out.spread)
         self.times.add("match", time.monotonic() - t0)
         self.tracker.note_match(req.key, float(m.score), float(m.threshold))
         alert = m.is_hit and self.tracker.should_alert(req.key, m.subject_id, frame.t)

@@ -138,6 +138,17 @@ class EmbedOutcome:
     embeds: int
     split_from: int | None = None     # the track id this identity was split from
     continued: int | None = None      # the ended track id this track continues (re-identification)
+    spread: float = 0.0               # 1 - mean pairwise cosine of the fused embeddings (0 for one)
+
+
+def view_spread(embeddings: np.ndarray) -> float:
+    """1 - the mean cosine between distinct pairs of (k, D) unit embeddings (0 for k < 2): how
+    different the views fused into a probe are (:meth:`ScoreCalibration.fusion_offset`)."""
+    k = len(embeddings)
+    if k < 2:
+        return 0.0
+    g = embeddings @ embeddings.T
+    return float(1.0 - (g.sum() - np.trace(g)) / (k * (k - 1)))
 
 
 def prescore(det: Detection) -> float:
@@ -423,9 +434,10 @@ class Tracker:
         tr.best_prescore = max(tr.best_prescore, float(prescore_value))
         if crop is not None and weight >= tr.crop_weight:
             tr.crop, tr.crop_weight = crop, float(weight)
-        tr.fused = fuse_embeddings(np.stack(tr.embeddings), np.asarray(tr.weights, np.float32))
+        views = np.stack(tr.embeddings)
+        tr.fused = fuse_embeddings(views, np.asarray(tr.weights, np.float32))
         self.counts["embeddings"] += 1
-        return EmbedOutcome(tr.key, tr.id, tr.fused, len(tr.embeddings), split_from, continued)
+        return EmbedOutcome(tr.key, tr.id, tr.fused, len(tr.embeddings), split_from, continued, view_spread(views))
 
     # -- alerts ------------------------------------------------------------------------------
 

@@ -10,11 +10,16 @@ Calibration
 (:mod:`edge.matching.normalise`): for a grid of false-match rates FMR = 10^-(j/10) (j = 0, 1, ...), the
 score ``t_j`` that a fraction FMR of single non-mated comparisons (a person on no list
 against one listed person) reaches. It was measured with identity-disjoint cross-fitting on
-lfw-dev (every comparison scored by a cohort that held neither face's identity), about 5
-million comparisons, so the table reaches FMR ~ 2e-6 with at least 10 comparisons beyond
-each point. Above the last point the tail is extrapolated as exponential (log10 FMR linear
-in ``t``, slope of the last decade), which for a lighter-than-exponential tail over-states
-FMR, i.e. errs towards fewer false alarms than asked for.
+lfw-dev (every comparison scored by a cohort that held neither face's identity), some 22
+million, so the table reaches FMR ~5e-6 with at least 100 comparisons beyond each point. Above
+the last point the tail is extrapolated as exponential (log10 FMR linear in ``t``, the slope
+fitted on the deepest few hundred comparisons) and checked against the sample (``supported_fmr``).
+
+Fused sides and passes: a template fused from several photos, or a track's probe fused from
+several views, scores strangers higher than a single face; its ``t`` is lowered by
+:meth:`ScoreCalibration.fusion_offset` before it is calibrated. A passer-by's track is matched
+several times; :attr:`ScoreCalibration.pass_multiplicity` (measured) spreads the target over
+those comparisons too, so the target holds per passer-by.
 
 Calibrated score
 ----------------
@@ -27,7 +32,7 @@ Threshold for a list of N subjects
 ----------------------------------
 A passer-by is compared with all N subjects; with independent comparisons
 ``FPIR = 1 - (1 - FMR)^N`` (:func:`edge.matching.match.fpir_for_fmr`). The threshold for a target
-FPIR is therefore the calibrated score of ``FMR = fmr_for_fpir(target, N)``. Checked on
+FPIR is therefore the calibrated score of ``FMR = fmr_for_fpir(target, N) / pass_multiplicity``. Checked on
 lfw-dev (cross-fitted, N = 100 / 500 / 826): asking for FPIR 0.01 gave 0.008-0.013 and asking
 for 0.001 gave 0.001-0.002 (a handful of false alarms; see ``docs/accuracy.md``). When the
 needed FMR is below the table (large lists at low targets) the threshold rests on the
@@ -61,8 +66,13 @@ __all__ = ["ScoreCalibration", "ThresholdPolicy", "fit_calibration", "SCORE_DECA
 
 #: the calibrated score is -log10(FMR) / SCORE_DECADES, clipped to [0, 1].
 SCORE_DECADES = 10.0
-#: a table point needs at least this many comparisons at or above it.
-MIN_EXCEEDANCES = 10
+#: a table point needs at least this many comparisons at or above it. Below that the fitted
+#: tail takes over: an empirical quantile resting on a few dozen comparisons is set by whichever
+#: pairs happen to be there (on lfw-dev the deepest "impostor" pairs were label errors: the same
+#: photo or person filed under two names), while the tail model rests on thousands.
+MIN_EXCEEDANCES = 100
+#: the tail's slope is fitted from at least this many comparisons (else the table's last decade)
+MIN_TAIL_FIT = 100
 #: table resolution: points per decade of FMR.
 POINTS_PER_DECADE = 10
 
@@ -83,6 +93,18 @@ class ScoreCalibration:
     #: 0 = the table's last point.
     supported_fmr: float = 0.0
     tail_check: tuple = ()          # (log10 FMR, comparisons predicted, observed) beyond the table
+    #: fusion offsets: how far (in t) a stranger's score rises when one side is fused from k views
+    #: instead of one, for k = 2, 3, ... (the last applies beyond): averaging removes the noise that
+    #: kept strangers apart as well as the noise that kept a person apart from himself, so a fused
+    #: template or track probe must clear a higher t for the same FMR (:meth:`fusion_offset`).
+    fusion_offsets: tuple[float, ...] = ()
+    #: 1 - mean cosine between the views the offsets were measured with (different photos of one
+    #: person); a track whose views are more alike than that has removed less noise by fusing.
+    reference_spread: float = 0.0
+    #: how many single-comparison false matches one pass past the unit risks against one listed
+    #: subject: a track is matched again each time its fused probe grows, and nested fusions are
+    #: correlated, so this is measured (on tracks after the fusion offsets), not the count.
+    pass_multiplicity: float = 1.0
 
     def __post_init__(self):
         t, f = np.asarray(self.t, float), np.asarray(self.log10_fmr, float)
@@ -98,6 +120,26 @@ class ScoreCalibration:
             raise InputError("calibration n_comparisons must be >= 1")
         if not (0.0 <= float(self.supported_fmr) <= 1.0):
             raise InputError(f"calibration supported_fmr {self.supported_fmr} must be in [0, 1]")
+        offs = np.asarray(self.fusion_offsets, float)
+        if offs.size and not (np.isfinite(offs).all() and (offs >= 0).all() and offs.max() < 5.0):
+            raise InputError(f"calibration fusion_offsets {self.fusion_offsets} must be finite, in [0, 5)")
+        if not (0.0 <= float(self.reference_spread) < 2.0):
+            raise InputError(f"calibration reference_spread {self.reference_spread} must be in [0, 2)")
+        if not (math.isfinite(self.pass_multiplicity) and 1.0 <= float(self.pass_multiplicity) <= 1000.0):
+            raise InputError(f"calibration pass_multiplicity {self.pass_multiplicity} must be in [1, 1000]")
+
+    def fusion_offset(self, views: int, spread: float | None = None) -> float:
+        """How much a fused side's t is lowered before calibration: the offset for ``views`` fused
+        embeddings (0 for one), scaled by how different the views were (``spread`` = 1 - their
+        mean cosine) relative to the photos it was measured on; ``spread=None`` (enrolment photos,
+        different pictures by rule) takes the whole offset."""
+        k = int(views)
+        if k <= 1 or not self.fusion_offsets:
+            return 0.0
+        off = float(self.fusion_offsets[min(k - 2, len(self.fusion_offsets) - 1)])
+        if spread is None or self.reference_spread <= 0:
+            return off
+        return off * min(1.0, max(0.0, float(spread)) / self.reference_spread)
 
     @property
     def min_supported_fmr(self) -> float:
@@ -136,6 +178,11 @@ class ScoreCalibration:
         if self.supported_fmr > 0:
             out["supported_fmr"] = float(f"{self.supported_fmr:.4g}")
             out["tail_check"] = [list(r) for r in self.tail_check]
+        if self.fusion_offsets:
+            out["fusion_offsets"] = [round(v, 4) for v in self.fusion_offsets]
+            out["reference_spread"] = round(float(self.reference_spread), 5)
+        if self.pass_multiplicity != 1.0:
+            out["pass_multiplicity"] = round(float(self.pass_multiplicity), 3)
         return out
 
     @classmethod
@@ -144,13 +191,17 @@ class ScoreCalibration:
             return cls(tuple(float(v) for v in d["t"]), tuple(float(v) for v in d["log10_fmr"]),
                        float(d["tail_slope"]), int(d["n_comparisons"]), str(d.get("source", "")),
                        float(d.get("supported_fmr", 0.0)),
-                       tuple(tuple(float(x) for x in r) for r in d.get("tail_check", ())))
+                       tuple(tuple(float(x) for x in r) for r in d.get("tail_check", ())),
+                       tuple(float(v) for v in d.get("fusion_offsets", ())),
+                       float(d.get("reference_spread", 0.0)), float(d.get("pass_multiplicity", 1.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"calibration is malformed: {exc}") from None
 
 
-#: the tail model is fitted on the comparisons above the table point at this FMR
-TAIL_FROM_FMR = 1e-4
+#: the tail model is fitted on the comparisons above the table point at this FMR: the deepest
+#: few hundred of a large sample (on lfw-dev's 22 million, 220), since the slope that matters is
+#: the one at 1e-6 and below; fitted from 1e-4 it predicted half the comparisons observed there
+TAIL_FROM_FMR = 1e-5
 #: the tail is supported down to the FMR at which the sample still holds this many comparisons ...
 MIN_TAIL_EXCEEDANCES = 3
 #: ... while at every 1/POINTS_PER_DECADE decade on the way the sample's count is within the
@@ -199,7 +250,7 @@ def fit_calibration(impostor_t: Sequence[float] | np.ndarray, source: str = "") 
         raise InputError("calibration sample too concentrated to build a table")
     slope = 0.0
     m_tail = int(math.floor(TAIL_FROM_FMR * n))
-    if m_tail >= 10 * MIN_EXCEEDANCES and 10.0 ** fs[-1] < TAIL_FROM_FMR:
+    if m_tail >= MIN_TAIL_FIT and 10.0 ** fs[-1] < TAIL_FROM_FMR:
         u = float(x[n - m_tail])
         excess = x[x >= u] - u
         if excess.size and excess.mean() > 0:
@@ -261,7 +312,9 @@ class ThresholdPolicy:
         return float(dict(self.category_fpir).get(category, self.target_fpir)) if category else float(self.target_fpir)
 
     def _fmr(self, category: str | None = None) -> float:
-        return fmr_for_fpir(self.target_for(category), int(self.watchlist_size))
+        """The single-comparison FMR the threshold is set at: the target spread over the list and
+        over the comparisons one pass makes with each subject (calibration.pass_multiplicity)."""
+        return fmr_for_fpir(self.target_for(category), int(self.watchlist_size)) / self.calibration.pass_multiplicity
 
     @property
     def target_fmr(self) -> float:
@@ -296,8 +349,9 @@ class ThresholdPolicy:
         calibration's provenance."""
         s = float(score)
         fmr = 10.0 ** (-SCORE_DECADES * min(max(s, 0.0), 1.0))
+        per_pass = min(fmr * self.calibration.pass_multiplicity, 1.0)
         return {"fmr": float(f"{fmr:.3g}"),
-                "expected_fpir": float(f"{fpir_for_fmr(min(fmr, 1.0), int(self.watchlist_size)):.3g}"),
+                "expected_fpir": float(f"{fpir_for_fmr(per_pass, int(self.watchlist_size)):.3g}"),
                 "watchlist_size": int(self.watchlist_size),
                 "target_fpir": self.target_for(category),
                 "supported": bool(fmr >= self.calibration.min_supported_fmr),

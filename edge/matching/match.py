@@ -368,6 +368,12 @@ class Matcher:
         mu, sd = scorer.cohort_stats(fused)
         ga = (1.0 / sd).astype(np.float32)
         gb = (mu / sd).astype(np.float32)
+        cal = scorer.calibration
+        if cal is not None and cal.fusion_offsets and not wl.single_template:
+            # a template fused from k photos scores strangers higher (ScoreCalibration.fusion_offset):
+            # its t is lowered by the offset for k, folded into the subject's constant (t = (... - gb - b) / 3)
+            views = np.diff(np.r_[wl._starts, wl.n_templates])
+            gb = gb + np.float32(3.0) * np.array([cal.fusion_offset(int(k)) for k in views], np.float32)
         for a in (ga, gb):
             a.flags.writeable = False
         self._fused, self._ga, self._gb = fused, ga, gb
@@ -537,12 +543,20 @@ class Matcher:
                 results.append([self._make_match(int(a), b, c) for a, b, c in zip(idx[r], v64[r], margins[r])])
         return results
 
-    def match(self, probe) -> Match:
-        """Top-1 Match of one probe (shape (D,) or (1, D)); margin to the runner-up subject."""
+    def match(self, probe, views: int = 1, spread: float | None = None) -> Match:
+        """Top-1 Match of one probe (shape (D,) or (1, D)); margin to the runner-up subject.
+
+        A track's probe fused from ``views`` embeddings whose spread (1 - mean pairwise cosine) is
+        ``spread`` scores strangers higher than a single view; with a calibrated score model its
+        statistic is lowered by :meth:`ScoreCalibration.fusion_offset` (the same for every
+        subject: the ranking is unchanged, the score is what a single view would need)."""
         p = self._probes(probe)
         if p.shape[0] != 1:
             raise InputError(f"match() takes one probe, got {p.shape[0]}; use top_k() or identify() for batches")
         s = self._score_block(p)[0]
+        cal = getattr(self.scorer, "calibration", None)
+        if cal is not None and views > 1:
+            s -= np.float32(cal.fusion_offset(views, spread))
         best = int(np.argmax(s))
         score = float(self._present(s[best:best + 1])[0]) if self.scorer is not None else float(s[best])
         if len(s) > 1:

@@ -166,7 +166,9 @@ class UnitScore:
         if self.model is None:
             d["match"].update({f"threshold_{c}": float(threshold) for c in ("wanted", "missing", "vulnerable")})
         else:
-            fpir = fpir_for_fmr(min(1.0, 10.0 ** (-SCORE_DECADES * float(threshold))), self.n)
+            # the policy spreads the target over the list and over a pass's comparisons (pass_multiplicity)
+            fmr = 10.0 ** (-SCORE_DECADES * float(threshold)) * self.model.calibration.pass_multiplicity
+            fpir = fpir_for_fmr(min(1.0, fmr), self.n)
             d["match"]["target_fpir"] = float(min(0.5, max(1e-9, fpir)))
         return validate(d)
 

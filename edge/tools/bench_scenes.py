@@ -78,9 +78,12 @@ class Split:
 
 
 def split_identities(identities: dict[str, list[Path]], cohort_keys: set[str], *, scenes: int, listed: int,
-                     unlisted: int, seed: int) -> Split:
+                     unlisted: int, seed: int, aliases: dict[str, str] | None = None) -> Split:
+    """``aliases`` (second name -> first: one person under two names, models/lfw_dev_errata.txt):
+    the second name is never cast, so nobody walks past or is listed twice under two names."""
     from edge.matching.normalise import identity_key
-    free = [n for n in sorted(identities) if identity_key(n) not in cohort_keys]
+    aliases = aliases or {}
+    free = [n for n in sorted(identities) if identity_key(n) not in cohort_keys and n not in aliases]
     excluded = len(identities) - len(free)
     rng = np.random.default_rng(seed)
     order = [free[i] for i in rng.permutation(len(free))]
@@ -99,11 +102,13 @@ def split_identities(identities: dict[str, list[Path]], cohort_keys: set[str], *
     unlisted_names = [singles[i * unlisted:(i + 1) * unlisted] for i in range(scenes)]
     taken |= {n for s in unlisted_names for n in s}
     distractors = [n for n in rest if n not in taken]
-    how = (f"{len(identities)} identities: {excluded} held by the shipped background cohort (never walkers nor "
-           f"list entries); of the other {len(free)}, drawn with seed {seed}: {need} listed walkers (>= 3 photos, "
+    held = sum(1 for n in identities if identity_key(n) in cohort_keys)
+    how = (f"{len(identities)} identities: {held} held by the shipped background cohort (never walkers nor "
+           f"list entries), {excluded - held} second names of one person (errata); of the other {len(free)}, "
+           f"drawn with seed {seed}: {need} listed walkers (>= 3 photos, "
            f"{listed} per scene), {scenes * unlisted} unlisted walkers ({unlisted} per scene), "
            f"{len(distractors)} distractors (list entries who never walk past)")
-    return Split(listed_names, unlisted_names, distractors, excluded, how)
+    return Split(listed_names, unlisted_names, distractors, held, how)
 
 
 # --------------------------------------------------------------------------------------
@@ -306,6 +311,22 @@ def score_run(scene, events, matches, frames_found: dict[int, int]) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def still_ceiling(matcher, names, subject_ids: dict[str, str], identities, emb: "Embeddings") -> dict:
+    """The embedder's ceiling for this list: each listed walker's pasted photo, embedded as a full
+    still through the enrolment path (no video, no motion, no tracker), matched once against the
+    same list: how many would alert (top-1 is their subject, at or above its threshold)."""
+    hits = tried = 0
+    for n in names:
+        sid = subject_ids.get(n)
+        v = emb.get(identities[n][-1]) if sid else None
+        if v is None:
+            continue
+        tried += 1
+        m = matcher.match(v)
+        hits += int(m.subject_id == sid and m.is_hit)
+    return {"hits": hits, "walkers": tried}
+
+
 def _lo(bucket: str) -> float:
     """Sort key of a width bucket label ('48-64' -> 48)."""
     try:
@@ -327,13 +348,16 @@ def summarise(runs: list[dict]) -> dict:
                                  "listed_passes": 0, "exactly_once": 0, "unlisted_passes": 0, "false_alerts": 0,
                                  "duplicates": 0, "tta": [], "why": {k: 0 for k in MISS_REASONS},
                                  "by_width": {}, "thresholds": set(), "supported": set(),
-                                 "embeddings": 0, "second_looks": 0})
+                                 "embeddings": 0, "second_looks": 0, "still": [0, 0]})
         s["embeddings"] += r.get("embeddings") or 0
         s["second_looks"] += r.get("second_looks") or 0
         s["list_sizes"].add(r["list_size"])
         s["thresholds"].add(r["threshold"])
         s["supported"].add(r["supported"])
         s["false_alerts"] += r["stray_alerts"]
+        if r.get("still"):
+            s["still"][0] += r["still"]["hits"]
+            s["still"][1] += r["still"]["walkers"]
         for p in r["passes"]:
             s["false_alerts"] += p["false"]
             if not p["listed"]:
@@ -356,6 +380,7 @@ def summarise(runs: list[dict]) -> dict:
                      "threshold": sorted(s["thresholds"]), "supported": sorted(s["supported"]),
                      "listed_passes": s["listed_passes"], "exactly_once": s["exactly_once"],
                      "recall": round(s["exactly_once"] / max(1, s["listed_passes"]), 4),
+                     "still_ceiling": round(s["still"][0] / max(1, s["still"][1]), 4),
                      "unlisted_passes": s["unlisted_passes"], "false_alerts": s["false_alerts"],
                      "false_per_1000_unlisted": round(1000.0 * s["false_alerts"] / max(1, s["unlisted_passes"]), 2),
                      "duplicates": s["duplicates"], "time_to_alert_p50": _pct(s["tta"], 50),
@@ -389,7 +414,7 @@ def run_scenes(args, say=print) -> dict:
     from edge.matching.normalise import load_cohort_identities
     from edge.progress import Progress
     from edge.tools.composer import ComposedSource, Scene, find_head
-    from edge.tools.evaluation.lfw import scan_lfw
+    from edge.tools.evaluation.lfw import load_aliases, scan_lfw
     from edge.tools.rig import ThrowawayUnit
     from edge.recognition.images import load_image
     from edge.paths import shared_faces_or_none
@@ -407,7 +432,7 @@ def run_scenes(args, say=print) -> dict:
     identities = scan_lfw(lfw)
     cohort = load_cohort_identities(cfg.runtime.models_dir or None)
     split = split_identities(identities, cohort, scenes=args.scenes, listed=args.listed, unlisted=args.unlisted,
-                             seed=args.seed)
+                             seed=args.seed, aliases=load_aliases(cfg.runtime.models_dir or None))
     say(f"identity split: {split.how}")
     if not cohort:
         say("WARNING: the models folder does not name the cohort's identities; nobody was excluded")
@@ -507,6 +532,7 @@ def run_scenes(args, say=print) -> dict:
                             _merge_det(det_pipe.setdefault(("all", fps), {}),
                                        detection_table(scene, {k: v for k, v in frames.items() if k % every == 0}))
                         sc = score_run(scene, pl.events, matches, det["per_actor"])
+                        sc["still"] = still_ceiling(live.matcher, split.listed[si], listed_ids, identities, emb)
                         pol = live.matcher.policy
                         r = {"scene": si, "fps": fps, "photos": ph, "list": lname, "list_size": len(ents),
                              "threshold": round(float(pol.threshold), 4) if pol else None,
@@ -533,14 +559,14 @@ def run_scenes(args, say=print) -> dict:
 def format_report(r: dict) -> str:
     lines = [f"\n{r['split']}", "",
              f"{'fps':>4s} {'list':>6s} {'photos':>6s} {'recall (exactly once)':>24s} {'false/1k unlisted':>18s} "
-             f"{'dup':>4s} {'tta p50/p95 s':>14s} {'threshold':>10s}  missed: why"]
+             f"{'dup':>4s} {'tta p50/p95 s':>14s} {'threshold':>10s} {'still':>6s}  missed: why"]
     for s in r["summary"]:
         why = ", ".join(f"{k} {v}" for k, v in s["missed_why"].items() if v)
         lines.append(f"{s['fps']:>4g} {'/'.join(map(str, s['list_size'])):>6s} {s['photos']:>6d} "
                      f"{s['exactly_once']:>4d}/{s['listed_passes']:<4d} = {100 * s['recall']:5.1f}%      "
                      f"{s['false_per_1000_unlisted']:>8.2f} ({s['false_alerts']}/{s['unlisted_passes']}) "
                      f"{s['duplicates']:>4d} {str(s['time_to_alert_p50']) + '/' + str(s['time_to_alert_p95']):>14s} "
-                     f"{'/'.join(f'{t:.3f}' for t in s['threshold']):>10s}"
+                     f"{'/'.join(f'{t:.3f}' for t in s['threshold']):>10s} {100 * s['still_ceiling']:5.1f}%"
                      f"{'' if all(s['supported']) else ' (unsupported)'}  {why}")
         lines.append(f"{'':>18s} recall by width: " + ", ".join(f"{k} {100 * v:.0f}%"
                                                               for k, v in s["recall_by_width"].items()))

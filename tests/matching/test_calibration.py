@@ -146,10 +146,51 @@ def test_tail_supported_beyond_the_table_only_where_the_sample_agrees():
     assert all(abs(obs - pred) < 4 * math.sqrt(pred) + 2 for _, pred, obs in c.tail_check)
     # a tail the exponential model does not describe (a cluster of far-out impostors): the
     # first check beyond the table fails and nothing beyond the table is supported
-    heavy = np.concatenate([rng.normal(size=2_000_000), rng.normal(9.0, 0.3, size=40)])
+    heavy = np.concatenate([rng.normal(size=2_000_000), rng.normal(9.0, 0.3, size=400)])
     h = fit_calibration(heavy)
     assert h.min_supported_fmr == pytest.approx(10 ** h.log10_fmr[-1])
     assert len(h.tail_check) == 1
     # round trip keeps the supported depth
     back = ScoreCalibration.from_manifest(c.to_manifest())
     assert back.min_supported_fmr == pytest.approx(c.min_supported_fmr, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused views and passes (issue 15: the false-alert rate is per pass, not per comparison)
+# ---------------------------------------------------------------------------------------------
+
+def test_fusion_offset_grows_with_views_and_shrinks_with_alike_views(cal):
+    from dataclasses import replace
+    c = replace(cal, fusion_offsets=(0.3, 0.4, 0.45), reference_spread=0.05)
+    assert c.fusion_offset(1) == 0.0 and c.fusion_offset(0) == 0.0
+    assert c.fusion_offset(2) == 0.3 and c.fusion_offset(3) == 0.4
+    assert c.fusion_offset(4) == c.fusion_offset(9) == 0.45        # the last applies beyond the table
+    # a track of nearly identical frames removed little noise by fusing: a fraction of the offset
+    assert c.fusion_offset(3, spread=0.01) == pytest.approx(0.4 * 0.01 / 0.05)
+    assert c.fusion_offset(3, spread=0.2) == 0.4 and c.fusion_offset(3, spread=None) == 0.4
+    assert cal.fusion_offset(5) == 0.0                                  # no offsets fitted: none applied
+
+
+def test_fusion_offsets_and_pass_multiplicity_survive_the_manifest_and_bad_values_are_refused(cal):
+    from dataclasses import replace
+    c = replace(cal, fusion_offsets=(0.28, 0.37), reference_spread=0.046, pass_multiplicity=2.1)
+    back = ScoreCalibration.from_manifest(c.to_manifest())
+    assert back.fusion_offsets == (0.28, 0.37) and back.reference_spread == 0.046 and back.pass_multiplicity == 2.1
+    old = {k: v for k, v in c.to_manifest().items() if k not in ("fusion_offsets", "reference_spread",
+                                                                 "pass_multiplicity")}
+    plain = ScoreCalibration.from_manifest(old)        # a calibration from before issue 15 still loads
+    assert plain.fusion_offsets == () and plain.pass_multiplicity == 1.0
+    for bad in ({"fusion_offsets": (float("nan"),)}, {"fusion_offsets": (-0.1,)}, {"pass_multiplicity": 0.5},
+                {"pass_multiplicity": float("inf")}, {"reference_spread": -1.0}):
+        with pytest.raises(InputError):
+            replace(cal, **bad)
+
+
+def test_pass_multiplicity_spreads_the_target_over_a_pass_and_the_meaning_agrees(cal):
+    from dataclasses import replace
+    c = replace(cal, pass_multiplicity=2.0)
+    one, per_pass = ThresholdPolicy(cal, 0.001, 1000), ThresholdPolicy(c, 0.001, 1000)
+    assert per_pass.target_fmr == pytest.approx(one.target_fmr / 2.0)
+    assert per_pass.threshold == pytest.approx(one.threshold + math.log10(2.0) / SCORE_DECADES)
+    # at the threshold, the expected rate per passer-by is the target (not half of it)
+    assert per_pass.meaning(per_pass.threshold)["expected_fpir"] == pytest.approx(0.001, rel=1e-2)

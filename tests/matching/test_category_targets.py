@@ -20,7 +20,10 @@ from tests.support.watchlists import MODEL, Clock, build, jpeg, make_keys
 
 
 def _thr(fpir: float, n: int) -> float:
-    return -np.log10(fmr_for_fpir(fpir, n)) / SCORE_DECADES
+    """The threshold for a target: the FMR spread over the list and a pass's comparisons."""
+    from edge.matching.normalise import load_score_model
+    per_pass = load_score_model().calibration.pass_multiplicity
+    return -np.log10(fmr_for_fpir(fpir, n) / per_pass) / SCORE_DECADES
 
 
 def test_defaults_follow_target_fpir():

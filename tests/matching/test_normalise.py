@@ -215,3 +215,30 @@ def test_altered_cohort_file_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=MANIFEST_SECTION):
         load_score_model(tmp_path)
+
+
+def test_fused_templates_and_fused_probes_are_lowered_by_their_fusion_offset(model):
+    """A subject enrolled from two photos, or a track fused from several views, scores strangers
+    higher than one photo: the matcher lowers its statistic by the calibration's offset, the
+    ranking among subjects of one kind is unchanged."""
+    from dataclasses import replace
+    rng = np.random.default_rng(11)
+    g = _unit(rng.normal(size=(20, 32)))
+    scorer = _calibrated(model)
+    scorer = replace(scorer, calibration=replace(scorer.calibration, fusion_offsets=(0.3, 0.5),
+                                                 reference_spread=0.05))
+    # the same fused template given as one row, and as two rows (two photos) that fuse to it
+    one = Watchlist(g, [f"s{i}" for i in range(20)], ["wanted"] * 20)
+    twin = np.concatenate([g, g])
+    two = Watchlist(twin, [f"s{i}" for i in range(20)] * 2, ["wanted"] * 40)
+    m1 = Matcher(one, {"wanted": 0.5}, scorer=scorer)
+    m2 = Matcher(two, {"wanted": 0.5}, scorer=scorer)
+    p = _unit(rng.normal(size=(5, 32)))
+    assert np.allclose(m2.statistics(p), m1.statistics(p) - 0.3, atol=1e-4)
+    probe = _unit(g[4] + 0.1 * rng.normal(size=32))
+    single, fused = m1.match(probe), m1.match(probe, views=3, spread=0.05)
+    assert fused.subject_id == single.subject_id == "s4"
+    cal = scorer.calibration
+    assert fused.score == pytest.approx(float(cal.score(cal.t_for_score(single.score) - 0.5)), abs=1e-5)
+    half = m1.match(probe, views=3, spread=0.025)              # views half as different: half the offset
+    assert half.score == pytest.approx(float(cal.score(cal.t_for_score(single.score) - 0.25)), abs=1e-5)

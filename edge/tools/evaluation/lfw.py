@@ -137,3 +137,28 @@ def by_image_count(identities: dict[str, list[Path]]) -> tuple[list[list[Path]],
     multi = [imgs for imgs in identities.values() if len(imgs) >= 2]
     single = [imgs for imgs in identities.values() if len(imgs) == 1]
     return multi, single
+
+
+#: identities of lfw-dev that are one person under two names (models/lfw_dev_errata.txt)
+ERRATA_FILE = "lfw_dev_errata.txt"
+
+
+def load_aliases(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Second name -> first name for every pair of LFW identities that are one person
+    (:data:`ERRATA_FILE` in the models folder: ``name<TAB>name<TAB>why`` lines, ``#`` comments).
+    Empty when the file is absent."""
+    from edge.recognition.runtime import find_models_dir
+    path = Path(find_models_dir(str(models_dir) if models_dir else None)) / ERRATA_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    aliases = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise InputError(f"{path}:{n}: expected name<TAB>name<TAB>why")
+        aliases[parts[1].strip()] = parts[0].strip()
+    return aliases
