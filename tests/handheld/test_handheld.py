@@ -465,7 +465,8 @@ def test_alert_from_the_unit_appears_with_both_images_category_and_plain_words(r
     sent = {}
     for n, category in enumerate(("vulnerable", "missing", "wanted")):      # the wanted one ends on top
         a = handheld_alert(category, n, above=(0.03, 0.06, 0.13)[n])
-        assert 0.33 <= a["score"] <= 0.66 and 0.38 <= a["threshold"] <= 0.65      # the unit's real scale
+        # the unit's real scale: per-pass thresholds (0.45-0.55 for this list) + up to 0.13
+        assert 0.33 <= a["score"] <= 0.72 and 0.38 <= a["threshold"] <= 0.68
         sent[category] = a
         rig.submit(a)
         rig.wait_visible(page, a["event_id"])
