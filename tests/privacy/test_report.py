@@ -4,6 +4,7 @@ to PNG in headless Chromium (Debian's /usr/bin/chromium; skipped clearly when ab
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -164,9 +165,12 @@ def test_figures(dep):
                                                                  ("confirmed", "rejected", "not_located")}}
     assert r["by_category"]["wanted"] == {"alerts": 4, "confirmed": 2, "rejected": 0, "not_located": 1}
     # the unit's default: one calibrated threshold for the list, from match.target_fpir (0.001) and
-    # its 10 subjects: per-comparison FMR 1.0e-4 -> -log10(FMR) / 10 = 0.4
+    # its 10 subjects: FMR 1.0e-4 per passer-by and subject, spread over a pass's comparisons
+    # (the calibration's pass_multiplicity) -> -log10(FMR) / 10
+    from edge.matching.normalise import load_score_model
+    want = 0.4 + math.log10(load_score_model().calibration.pass_multiplicity) / 10.0
     assert r["threshold_kind"].startswith("calibrated score")
-    assert r["thresholds"] == {c: pytest.approx(0.4, abs=1e-3) for c in ("wanted", "missing", "vulnerable")}
+    assert r["thresholds"] == {c: pytest.approx(want, abs=1e-3) for c in ("wanted", "missing", "vulnerable")}
     assert r["calibrated_fpir"] == 0.001 and "lfw-dev" in r["calibration_reference"]
     assert r["model_sha256"] == MODEL and r["software_version"] == "0.1.0"
     assert r["service"]["starts"] == 2 and r["service"]["stops"] == 2
