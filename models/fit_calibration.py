@@ -161,8 +161,7 @@ def fusion_study(model: ScoreModel, table, identities, cohort_names, aliases, ca
     multiplicity is how many times more often *any* of a track's k fused probes (each lowered by
     its offset) reaches a threshold than its first view alone, at the thresholds of FMR 1e-3 and
     1e-4 (geometric mean), rounded up to a tenth."""
-    from edge.appliance.track import view_spread
-    from edge.recognition.fusion import fuse_embeddings
+    from edge.recognition.fusion import fuse_embeddings, view_spread
     ok = table.ok
     cohort = set(cohort_names)
     canon = lambda n: aliases.get(n, n)  # noqa: E731
@@ -170,7 +169,7 @@ def fusion_study(model: ScoreModel, table, identities, cohort_names, aliases, ca
     listed = sorted(n for n, r in usable.items() if len(r) >= 2)
     tracks = sorted(n for n, r in usable.items() if len(r) >= FUSION_TRACK_PHOTOS)
     templates = np.stack([table.embeddings[usable[n][0]] for n in listed]).astype(np.float32)
-    mu_g, sd_g = model.cohort_stats(templates)
+    template_stats = model.cohort_stats(templates)
     who = np.array([canon(n) for n in listed])
     k_max = FUSION_TRACK_PHOTOS - 1
     per_k = {k: [] for k in range(1, k_max + 1)}
@@ -178,10 +177,7 @@ def fusion_study(model: ScoreModel, table, identities, cohort_names, aliases, ca
     for n in tracks:
         views = table.embeddings[usable[n][1:FUSION_TRACK_PHOTOS]].astype(np.float32)
         fused = np.stack([fuse_embeddings(views[:k]) for k in range(1, k_max + 1)]).astype(np.float32)
-        mu_p, sd_p = model.cohort_stats(fused)
-        s = fused @ templates.T
-        t = ((s - mu_g[None]) / sd_g[None] + (s - mu_p[:, None]) / sd_p[:, None] + (s - model.mu0) / model.sd0) / 3
-        t = t[:, who != canon(n)]
+        t = model.normalise(fused @ templates.T, model.cohort_stats(fused), template_stats)[:, who != canon(n)]
         for k in range(1, k_max + 1):
             per_k[k].append(t[k - 1])
         spreads.append([view_spread(views[:k]) for k in range(1, k_max + 1)])

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.recognition.fusion import fuse_embeddings
+from edge.recognition.fusion import fuse_embeddings, view_spread
 from edge.recognition.quality import interocular_px, yaw_degrees
 from edge.types import Detection, Quality
 
@@ -139,16 +139,6 @@ class EmbedOutcome:
     split_from: int | None = None     # the track id this identity was split from
     continued: int | None = None      # the ended track id this track continues (re-identification)
     spread: float = 0.0               # 1 - mean pairwise cosine of the fused embeddings (0 for one)
-
-
-def view_spread(embeddings: np.ndarray) -> float:
-    """1 - the mean cosine between distinct pairs of (k, D) unit embeddings (0 for k < 2): how
-    different the views fused into a probe are (:meth:`ScoreCalibration.fusion_offset`)."""
-    k = len(embeddings)
-    if k < 2:
-        return 0.0
-    g = embeddings @ embeddings.T
-    return float(1.0 - (g.sum() - np.trace(g)) / (k * (k - 1)))
 
 
 def prescore(det: Detection) -> float:

@@ -358,10 +358,10 @@ class Matcher:
         wl = self.watchlist
         if scorer.dim != wl.dim:
             raise InputError(f"score model dimension {scorer.dim} does not match the watchlist dimension {wl.dim}")
+        ends = np.r_[wl._starts[1:], wl.n_templates]
         if wl.single_template:
             fused = wl._grouped
         else:
-            ends = list(wl._starts[1:]) + [wl.n_templates]
             fused = np.stack([fuse_embeddings(wl._grouped[a:b]) for a, b in zip(wl._starts, ends)])
             fused = np.ascontiguousarray(fused, dtype=np.float32)
             fused.flags.writeable = False
@@ -372,8 +372,7 @@ class Matcher:
         if cal is not None and cal.fusion_offsets and not wl.single_template:
             # a template fused from k photos scores strangers higher (ScoreCalibration.fusion_offset):
             # its t is lowered by the offset for k, folded into the subject's constant (t = (... - gb - b) / 3)
-            views = np.diff(np.r_[wl._starts, wl.n_templates])
-            gb = gb + np.float32(3.0) * np.array([cal.fusion_offset(int(k)) for k in views], np.float32)
+            gb = gb + np.float32(3.0) * np.array([cal.fusion_offset(int(k)) for k in ends - wl._starts], np.float32)
         for a in (ga, gb):
             a.flags.writeable = False
         self._fused, self._ga, self._gb = fused, ga, gb

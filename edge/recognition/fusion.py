@@ -34,3 +34,15 @@ def fuse_embeddings(embeddings: np.ndarray, weights: np.ndarray | None = None) -
     if not np.isfinite(n) or n < 1e-12:
         raise InputError("embeddings cancel out or are not finite; cannot fuse")
     return (v / n).astype(np.float32)
+
+
+def view_spread(embeddings: np.ndarray) -> float:
+    """1 - the mean cosine between distinct pairs of (K, D) unit embeddings (0 for K < 2): how
+    different the views fused into one vector are, i.e. how much noise fusing them removed
+    (:meth:`edge.matching.calibration.ScoreCalibration.fusion_offset` scales by it)."""
+    e = np.asarray(embeddings, np.float32)
+    k = len(e)
+    if k < 2:
+        return 0.0
+    g = e @ e.T
+    return float(1.0 - (g.sum() - np.trace(g)) / (k * (k - 1)))

@@ -391,14 +391,3 @@ def test_a_near_miss_gets_a_second_look_within_its_budget():
     # off
     tr3, reqs3 = _second_look_run(TrackParams(max_embeds=2, min_improvement=0.0, second_look_embeds=0), [0.55])
     assert not any(r.second_look for r in reqs3)
-
-
-def test_view_spread_says_how_different_the_fused_views_are():
-    from edge.appliance.track import view_spread
-    rng = np.random.default_rng(3)
-    e = rng.normal(size=(4, 16)).astype(np.float32)
-    e /= np.linalg.norm(e, axis=1, keepdims=True)
-    assert view_spread(e[:1]) == 0.0
-    assert view_spread(np.stack([e[0]] * 3)) == pytest.approx(0.0, abs=1e-6)
-    cos = [float(e[i] @ e[j]) for i in range(4) for j in range(4) if i != j]
-    assert view_spread(e) == pytest.approx(1.0 - float(np.mean(cos)), abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.errors import InputError
-from edge.recognition.fusion import fuse_embeddings
+from edge.recognition.fusion import fuse_embeddings, view_spread
 
 
 def _unit(x):
@@ -63,3 +63,13 @@ def test_opposite_embeddings_cannot_be_fused():
     e = np.array([[1, 0], [-1, 0]], np.float32)
     with pytest.raises(InputError, match="cancel"):
         fuse_embeddings(e)
+
+
+def test_view_spread_says_how_different_the_fused_views_are():
+    rng = np.random.default_rng(3)
+    e = rng.normal(size=(4, 16)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert view_spread(e[:1]) == 0.0
+    assert view_spread(np.stack([e[0]] * 3)) == pytest.approx(0.0, abs=1e-6)
+    cos = [float(e[i] @ e[j]) for i in range(4) for j in range(4) if i != j]
+    assert view_spread(e) == pytest.approx(1.0 - float(np.mean(cos)), abs=1e-6)
